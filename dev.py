@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Bootstrap and run: the only thing a fresh clone needs is Python 3.11+.
+
+    python3 dev.py serve [ARGS...]   start the connector (SQLite + sandbox without credentials)
+    python3 dev.py test [PYTEST ARGS...]   run the whole test suite
+    python3 dev.py lint              ruff (lint + format check) and mypy --strict
+    python3 dev.py bench [ARGS...]   run bench/throughput.py
+    python3 dev.py cli ARGS...       any posthog-customerio command
+
+It creates ``.venv`` beside this file and installs the project with its dev extra into it,
+again only when ``pyproject.toml`` changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".dev-stamp"
+
+
+def ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("posthog-customerio needs Python 3.11 or newer")
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == want:
+        return
+    if not (BIN / "python").exists():
+        print("dev.py: creating .venv", file=sys.stderr)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("dev.py: installing posthog-customerio[dev] into .venv", file=sys.stderr)
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "-e", f"{ROOT}[dev]"], check=True)
+    STAMP.write_text(want)
+
+
+def run(argv: list[str]) -> int:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.call(argv, cwd=ROOT, env=env)
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    if not args or args[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return 0
+    ensure_venv()
+    cmd, rest = args[0], args[1:]
+    py = str(BIN / "python")
+    if cmd == "serve":
+        return run([py, "-m", "posthog_customerio", "serve", *rest])
+    if cmd == "test":
+        return run([py, "-m", "pytest", *rest])
+    if cmd == "lint":
+        rc = run([py, "-m", "ruff", "check", "."])
+        rc |= run([py, "-m", "ruff", "format", "--check", "."])
+        rc |= run([py, "-m", "mypy"])
+        return rc
+    if cmd == "bench":
+        return run([py, "bench/throughput.py", *rest])
+    if cmd == "cli":
+        return run([py, "-m", "posthog_customerio", *rest])
+    print(f"dev.py: unknown command {cmd!r}; see python3 dev.py --help", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+from posthog_customerio.cli.main import main
+
+main()

@@ -1,0 +1,42 @@
+"""Exceptions, grouped by what the caller should do.
+
+    ConnectorError
+    ├── ConfigError        bad settings: report every problem, exit 2
+    ├── InputError         bad webhook/export input: 400, names the field
+    ├── PayloadTooLarge    over the size limit: 413
+    └── QueueUnavailable   the store cannot take writes now (locked, disk full): 503, retry
+
+Lower-level errors (sqlite3, httpx, orjson) are translated once, at the boundary, with
+``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class ConnectorError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(ConnectorError):
+    """Invalid configuration; ``problems`` lists every one, each naming its option."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class InputError(ConnectorError):
+    """A payload we cannot accept; ``field`` is a path like ``batch[2].event.distinct_id``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+class PayloadTooLarge(ConnectorError):
+    """The request body is over the configured limit."""
+
+
+class QueueUnavailable(ConnectorError):
+    """The queue cannot durably take the write now; the sender should retry later."""

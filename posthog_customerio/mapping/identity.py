@@ -1,0 +1,19 @@
+"""What the connector remembers about a distinct_id between events (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityState:
+    """Sticky per-distinct_id facts; flags only ever turn on.
+
+    ``set_once_keys`` are the attribute keys already sent once, so ``$set_once`` is sent only
+    for keys the person never had.
+    """
+
+    identified: bool = False
+    email: str | None = None
+    seen: bool = False
+    set_once_keys: frozenset[str] = field(default_factory=frozenset)

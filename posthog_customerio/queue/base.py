@@ -1,0 +1,162 @@
+"""The queue interface: the one durable store behind ingest and delivery.
+
+Two implementations share this contract (and one contract test suite): SQLite, embedded and
+single-process, and PostgreSQL for many processes (later). The queue owns transactions;
+mapping is injected as a pure function so that "load identity state → map → store operations
+and new state" is one atomic step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.sources.event import PostHogEvent
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOutcome:
+    """What the injected mapper returns for one event (see ``mapping.mapper``)."""
+
+    states: Mapping[str, IdentityState]
+    operations: Sequence[Operation]
+    dropped: str | None = None  # reason, a stable metric label such as "not_in_allowlist"
+    truncations: Mapping[str, int] = field(default_factory=dict)  # kind -> count
+    notes: Sequence[str] = ()  # human-readable, for explain and logs
+
+
+class Mapper(Protocol):
+    """Pure mapping, as the queue calls it inside its transaction."""
+
+    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+        """The distinct_ids whose state the mapping of ``event`` reads."""
+        ...
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        """Decide the operations for ``event`` given the loaded states."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """Counts for one ingest call.
+
+    ``accepted`` counts events that produced at least one operation; ``dropped`` maps reason →
+    count (a repeated uuid counts as ``duplicate``); ``actions`` maps action → operations
+    enqueued; ``truncations`` sums the mapper's.
+    """
+
+    accepted: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    actions: dict[str, int] = field(default_factory=dict)
+    truncations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedOperation:
+    """An operation claimed for delivery; ``id`` is its queue row, increasing in ingest order."""
+
+    id: int
+    partition: str
+    endpoint: Endpoint
+    action: str
+    body_json: bytes  # the stored JSON, sent as is (no re-serialisation on the hot path)
+    attempts: int
+    enqueued_at: float
+    event_uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected operation with everything needed to understand and replay it."""
+
+    id: int
+    op_id: int
+    partition: str
+    endpoint: Endpoint
+    action: str
+    body_json: bytes
+    reason: str
+    detail: str
+    request: str
+    response: str
+    status: int | None
+    created_at: float
+    event_uuid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one claimed operation is being dead-lettered."""
+
+    op_id: int
+    reason: str  # short, stable, used as a metric label: "rejected", "expired", ...
+    detail: str = ""  # Customer.io's reason/field/message, human readable
+    request: str = ""  # the request sent, secrets removed
+    response: str = ""  # the response body
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    depth: int
+    oldest_age_secs: float
+    dead_letters: int
+    partitions_blocked: int
+
+
+class Queue(Protocol):
+    """Durable operations, identity state, event dedup and dead letters."""
+
+    async def ingest(self, events: Sequence[PostHogEvent], mapper: Mapper) -> IngestResult:
+        """Dedup by uuid, map and commit atomically; returns only once durable."""
+        ...
+
+    async def claim(self, max_ops: int, max_bytes: int, now: float) -> list[ClaimedOperation]:
+        """Claim pending operations in ingest order, at most ``max_ops`` and ``max_bytes``.
+
+        Takes only partitions that have no operation claimed already and are not in backoff
+        (``blocked_until > now``), so one partition is never in two batches at once. One claim
+        is meant to become one request, so concurrent claims never reorder a partition.
+        """
+        ...
+
+    async def ack(self, op_ids: Sequence[int]) -> None:
+        """Delivered: delete them."""
+        ...
+
+    async def retry(self, op_ids: Sequence[int], not_before: float, error: str) -> None:
+        """Release the claim, count an attempt and block their partitions until ``not_before``."""
+        ...
+
+    async def release(self, op_ids: Sequence[int]) -> None:
+        """Give claimed operations back untouched (shutdown, credentials paused)."""
+        ...
+
+    async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
+        """Move operations to the dead-letter table with their reason."""
+        ...
+
+    async def stats(self, now: float) -> QueueStats: ...
+
+    async def list_dead_letters(
+        self, reason: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[DeadLetter]: ...
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None: ...
+
+    async def replay_dead_letters(self, ids: Sequence[int]) -> int:
+        """Re-enqueue (same bodies, so the same event ids) and delete the dead letters."""
+        ...
+
+    async def purge_dead_letters(self, ids: Sequence[int]) -> int: ...
+
+    async def close(self) -> None: ...
+
