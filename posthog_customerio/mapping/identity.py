@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 class IdentityState:
     """Sticky per-distinct_id facts; flags only ever turn on.
 
-    ``set_once_keys`` are the attribute keys already sent once, so ``$set_once`` is sent only
-    for keys the person never had.
+    ``set_once_keys`` are the attribute keys Customer.io has been sent for this person
+    (``email`` included), so ``$set_once`` is sent only for keys the person never had and an
+    email learnt from a filtered event is still sent with the next allowed one. ``$unset``
+    removes keys; a changed email removes ``email``.
     """
 
     identified: bool = False

@@ -1,0 +1,451 @@
+"""The mapping contract (DESIGN.md §4): one PostHog event + the identity state of the ids it
+touches → the updated states and zero or more Customer.io operations, or a drop reason.
+
+Pure and deterministic (no I/O, clock or randomness): the queue calls it inside the
+transaction that stores its result, ``explain`` calls it to show a user what would happen,
+and the tests table-drive it. Steps, in order:
+
+1. learn: identified (sticky), email, seen — from every event, before any filter;
+2. filter: allowlist, then the ``anonymous_users`` gate (drop reasons are metric labels);
+3. build: an ``identify`` first when person attributes or a not-yet-sent email are present,
+   then the event/page/screen (person: v2 batch item; anonymous: v1 anonymous event) or the
+   merge;
+4. enforce the Track API limits (``limits``), counting every change.
+
+Decisions where the contract is silent are documented inline and in ``docs/mapping.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.limits import (
+    MAX_EVENT_DATA_BYTES,
+    Counts,
+    count,
+    fit_item,
+    fits_id,
+    limit_attributes,
+    limit_event_name,
+    shrink_mapping,
+)
+from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
+from posthog_customerio.mapping.ulid import ulid_from_uuid
+from posthog_customerio.queue.base import MappingOutcome
+from posthog_customerio.sources.event import PostHogEvent
+from posthog_customerio.sources.normalize import parse_timestamp_ms
+
+ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
+_NEVER_SEEN = IdentityState()
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+
+# Keys the spec types inside event data; a PostHog property of the wrong type there would make
+# Customer.io reject the whole item, so such a value is dropped (counted "reserved_attribute").
+_STRING = (str,)
+_RESERVED_EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
+    "event": {"recipient": _STRING, "from_address": _STRING, "reply_to": _STRING},
+    "page": {
+        "path": _STRING,
+        "referrer": _STRING,
+        "search": _STRING,
+        "title": _STRING,
+        "url": _STRING,
+        "keywords": (list,),
+    },
+    "screen": {},
+    "anonymous_event": {"from_address": _STRING, "reply_to": _STRING},
+    "anonymous_page": {},
+    "anonymous_screen": {},
+}
+_RESERVED_PERSON_KEYS: dict[str, tuple[type, ...]] = {
+    "_update": (bool,),
+    "cio_subscription_preferences": (dict,),
+}
+
+
+def valid_email(value: object) -> str | None:
+    """The address if ``value`` looks like one and can be an identifier (<= 150 bytes)."""
+    if not isinstance(value, str):
+        return None
+    address = value.strip()
+    if _EMAIL.fullmatch(address) and fits_id(address):
+        return address
+    return None
+
+
+def _flag(value: object) -> bool | None:
+    """``$is_identified`` / ``$process_person_profile``: bool, "true"/"false", 1/0; else None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        return None
+    if isinstance(value, int | float):
+        return bool(value)
+    return None
+
+
+def _alias(event: PostHogEvent) -> str | None:
+    alias = event.properties.get("alias")
+    if isinstance(alias, int) and not isinstance(alias, bool):
+        alias = str(alias)
+    return alias if isinstance(alias, str) and alias else None
+
+
+class EventMapper:
+    """The ``Mapper`` the queue injects: ``MappingRules`` are the app's options."""
+
+    __slots__ = ("_rules",)
+
+    def __init__(self, rules: MappingRules) -> None:
+        self._rules = rules
+
+    @property
+    def rules(self) -> MappingRules:
+        return self._rules
+
+    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+        """The distinct_id, plus the alias of ``$create_alias``/``$merge_dangerously``."""
+        if event.event in ALIAS_EVENTS:
+            alias = _alias(event)
+            if alias is not None and alias != event.distinct_id:
+                return (event.distinct_id, alias)
+        return (event.distinct_id,)
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        """Decide the operations for ``event``; see the module docstring for the steps."""
+        did = event.distinct_id
+        if not did:
+            return MappingOutcome(states={}, operations=(), dropped="missing_distinct_id")
+        if not fits_id(did):
+            return MappingOutcome(
+                states={},
+                operations=(),
+                dropped="distinct_id_too_long",
+                truncations={"id_too_long": 1},
+                notes=("distinct_id is over 150 bytes, so it cannot be a Customer.io id",),
+            )
+        return _Mapping(self._rules, event, states).run()
+
+
+class _Mapping:
+    """The mapping of one event; an object only to share its inputs between the steps."""
+
+    __slots__ = (
+        "counts",
+        "did",
+        "email",
+        "event",
+        "identified",
+        "notes",
+        "personless",
+        "prev",
+        "rules",
+        "state",
+        "states",
+        "too_large",
+    )
+
+    def __init__(
+        self, rules: MappingRules, event: PostHogEvent, states: Mapping[str, IdentityState]
+    ) -> None:
+        self.rules = rules
+        self.event = event
+        self.states = states
+        self.did = event.distinct_id
+        self.prev = states.get(self.did, _NEVER_SEEN)
+        self.counts: Counts = {}
+        self.notes: list[str] = []
+        self.personless = _flag(event.properties.get("$process_person_profile")) is False
+        self.identified = False
+        self.email: str | None = None
+        self.state = self.prev
+        self.too_large = False  # an operation could not be made to fit the 32 KB item limit
+
+    # -- step 1: learn ---------------------------------------------------------------------
+
+    def learn(self) -> None:
+        event, prev = self.event, self.prev
+        props = event.properties
+        explicit = _flag(props.get("$is_identified"))
+        if event.event == "$identify":
+            flag = True
+        elif explicit is not None:
+            flag = explicit
+        else:
+            # No (usable) $is_identified: the browser's anonymous id is its $device_id;
+            # anything else is a server-side event, a person as in the app.
+            flag = self.did != props.get("$device_id")
+        if self.personless and not prev.identified:
+            self.notes.append("personless event ($process_person_profile: false): anonymous")
+        self.identified = prev.identified or (flag and not self.personless)
+        self.email = self._learn_email()
+        keys = prev.set_once_keys
+        if self.email != prev.email and "email" in keys:
+            keys = keys - {"email"}  # Customer.io has an older address: send the new one
+        self.state = IdentityState(
+            identified=self.identified, email=self.email, seen=True, set_once_keys=keys
+        )
+
+    def _learn_email(self) -> str | None:
+        """A valid ``$set.email``, else the person's email, else the stored one."""
+        event = self.event
+        if not self.personless:
+            if "email" in event.set:
+                address = valid_email(event.set["email"])
+                if address is not None:
+                    return address
+                count(self.counts, "invalid_email")
+                self.notes.append("$set.email is not a valid address: not sent")
+            address = valid_email(event.person_properties.get("email"))
+            if address is not None:
+                return address
+        return self.prev.email
+
+    # -- step 2: filter --------------------------------------------------------------------
+
+    def gate(self) -> str | None:
+        """The drop reason, or ``None`` when the event passes."""
+        rules = self.rules
+        if rules.event_allowlist and self.event.event not in rules.event_allowlist:
+            return "not_in_allowlist"
+        mode = rules.anonymous_users
+        if mode is AnonymousUsers.IDENTIFIED_ONLY and not self.identified:
+            return "anonymous_user"
+        if mode is AnonymousUsers.WITH_EMAIL_ONLY:
+            if self.email is None:
+                return "no_email"
+            if self.personless and not self.identified:
+                return "anonymous_user"  # personless never creates a profile
+        if self.event.event == "$groupidentify":
+            return "groups_not_mapped"  # seam: objects once MappingRules maps group types
+        return None
+
+    # -- step 3: build ---------------------------------------------------------------------
+
+    def run(self) -> MappingOutcome:
+        self.learn()
+        reason = self.gate()
+        ops: list[Operation] = []
+        if reason is None:
+            reason = self._build(ops)
+        states = {self.did: self.state} if self.state != self.prev else {}
+        if ops:
+            if reason is not None:
+                self.notes.append(f"not sent: {reason}")
+            reason = None
+        elif reason is None:
+            reason = "operation_too_large" if self.too_large else "nothing_to_send"
+        return MappingOutcome(
+            states=states,
+            operations=ops,
+            dropped=reason,
+            truncations=self.counts,
+            notes=tuple(self.notes),
+        )
+
+    def _build(self, ops: list[Operation]) -> str | None:
+        """Append the operations; return a reason when part of the event cannot be sent."""
+        name = self.event.event
+        if not self.identified:
+            if not self.personless and (self.event.set or self.event.set_once or self.event.unset):
+                self.notes.append("person properties of an anonymous user are not sent")
+            if name in ALIAS_EVENTS:
+                return "alias_not_identified"
+            if name == "$set":
+                return None
+            self._event(ops, anonymous=True)
+            return None
+        self._identify(ops)
+        if name in ALIAS_EVENTS:
+            return self._merge(ops)
+        if name in ("$identify", "$set"):
+            return None  # pure person updates: the identify is the whole message
+        self._event(ops, anonymous=False)
+        return None
+
+    def _identifiers(self, distinct_id: str, email: str | None) -> dict[str, str]:
+        if self.rules.identify_by_email and email is not None:
+            return {"email": email}
+        return {"id": distinct_id}
+
+    def _identify(self, ops: list[Operation]) -> None:
+        event, state = self.event, self.state
+        keys = state.set_once_keys
+        person_updates = not self.personless and bool(event.set or event.set_once or event.unset)
+        send_email = self.email is not None and (
+            "email" not in keys or ("email" in event.set and not self.personless)
+        )
+        if not (event.event == "$identify" or person_updates or send_email):
+            return
+        attributes: dict[str, Any] = {}
+        if send_email:
+            attributes["email"] = self.email
+        if event.event == "$identify":
+            anon = event.properties.get("$anon_distinct_id")
+            if isinstance(anon, str) and anon and anon != self.did:
+                if fits_id(anon):
+                    attributes["anonymous_id"] = anon
+                else:
+                    count(self.counts, "id_too_long")
+                    self.notes.append("$anon_distinct_id is over 150 bytes: not merged")
+        unset_keys: set[str] = set()
+        if person_updates:
+            for key, value in event.set.items():
+                if key != "email":
+                    attributes[key] = value
+            for key, value in event.set_once.items():
+                if key == "email":
+                    self.notes.append("$set_once.email ignored: the email comes from $set")
+                elif key not in keys and key not in event.set and key not in attributes:
+                    attributes[key] = value
+            for key in event.unset:
+                if key == "email":
+                    self.notes.append("$unset of email ignored: it is an identity")
+                else:
+                    attributes[key] = ""
+                    unset_keys.add(key)
+        self._clean_person_attributes(attributes)
+        attributes = limit_attributes(attributes, self.counts)
+        if not attributes and event.event != "$identify":
+            return  # every update was already known or dropped: nothing to tell Customer.io
+        body: dict[str, Any] = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": self._identifiers(self.did, self.email),
+        }
+        if attributes:
+            body["attributes"] = attributes
+        fitted = fit_item(body, "attributes", self.counts, protected=("email", "anonymous_id"))
+        if fitted is None:
+            self.notes.append("identify over the 32 KB item limit: not sent")
+            self.too_large = True
+            return
+        sent = fitted.get("attributes", {})
+        new_keys = (keys | {k for k in sent if k not in unset_keys}) - unset_keys
+        new_keys = new_keys - {"anonymous_id"}
+        if new_keys != keys:
+            self.state = IdentityState(
+                identified=state.identified, email=state.email, seen=True, set_once_keys=new_keys
+            )
+        ops.append(self._op(Endpoint.BATCH, "identify", fitted))
+
+    def _clean_person_attributes(self, attributes: dict[str, Any]) -> None:
+        """``created_at`` to integer seconds; drop reserved keys of the wrong type."""
+        if "created_at" in attributes and attributes["created_at"] != "":
+            ms = parse_timestamp_ms(attributes["created_at"])
+            if ms is None:
+                self.notes.append("created_at is not a date or Unix time: sent as is")
+            else:
+                attributes["created_at"] = ms // 1000
+        for key, types in _RESERVED_PERSON_KEYS.items():
+            if key in attributes and not isinstance(attributes[key], types):
+                del attributes[key]
+                count(self.counts, "reserved_attribute")
+                self.notes.append(f"attribute {key} has the wrong type for Customer.io: dropped")
+
+    def _merge(self, ops: list[Operation]) -> str | None:
+        alias = _alias(self.event)
+        if alias is None:
+            return "missing_alias"
+        if alias == self.did:
+            return "nothing_to_send"
+        if not fits_id(alias):
+            count(self.counts, "id_too_long")
+            return "distinct_id_too_long"
+        other = self.states.get(alias, _NEVER_SEEN)
+        if not other.identified:
+            self.notes.append(f"alias {alias!r} is not an identified person here")
+            return "alias_not_identified"
+        primary = self._identifiers(self.did, self.email)
+        secondary = self._identifiers(alias, other.email)
+        if primary == secondary:
+            return "nothing_to_send"
+        body = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
+        ops.append(self._op(Endpoint.BATCH, "merge", body))
+        return None
+
+    def _event(self, ops: list[Operation], *, anonymous: bool) -> None:
+        event = self.event
+        props = event.properties
+        if event.event == "$pageview":
+            kind = "page"
+            name = _first_str(props.get("$current_url"), props.get("$pathname")) or "$pageview"
+        elif event.event == "$screen":
+            kind = "screen"
+            name = _first_str(props.get("$screen_name")) or "$screen"
+        else:
+            kind, name = "event", event.event
+        name = limit_event_name(name, self.counts)
+        data = self._clean_event_data(props, f"anonymous_{kind}" if anonymous else kind)
+        event_id = ulid_from_uuid(event.uuid, event.timestamp_ms)
+        timestamp = event.timestamp_ms // 1000
+        if anonymous:
+            self.notes.append("anonymous user: sent as an anonymous event")
+            body: dict[str, Any] = {"anonymous_id": self.did, "name": name}
+            if kind != "event":
+                body["type"] = kind
+            body["id"] = event_id
+            body["timestamp"] = timestamp
+            if data:
+                shrunk = shrink_mapping(data, MAX_EVENT_DATA_BYTES, self.counts, "event_data")
+                body["data"] = shrunk if shrunk is not None else {}
+            ops.append(self._op(Endpoint.ANONYMOUS, kind, body))
+            return
+        body = {
+            "type": "person",
+            "action": kind,
+            "identifiers": self._identifiers(self.did, self.email),
+            "name": name,
+            "id": event_id,
+            "timestamp": timestamp,
+        }
+        if data:
+            body["attributes"] = data
+        # The 32 KB item limit is stricter than the 100,000-byte event data limit.
+        fitted = fit_item(body, "attributes", self.counts)
+        if fitted is None:
+            self.notes.append(f"{kind} over the 32 KB item limit: not sent")
+            self.too_large = True
+            return
+        ops.append(self._op(Endpoint.BATCH, kind, fitted))
+
+    def _clean_event_data(self, props: dict[str, Any], kind: str) -> dict[str, Any]:
+        reserved = _RESERVED_EVENT_KEYS[kind]
+        bad = [k for k, types in reserved.items() if k in props and not isinstance(props[k], types)]
+        if (
+            kind == "page"
+            and "keywords" in props
+            and "keywords" not in bad
+            and not all(isinstance(k, str) for k in props["keywords"])
+        ):
+            bad.append("keywords")
+        if not bad:
+            return props
+        count(self.counts, "reserved_attribute", len(bad))
+        self.notes.append(f"event data {', '.join(bad)} of the wrong type for Customer.io: dropped")
+        return {k: v for k, v in props.items() if k not in bad}
+
+    def _op(self, endpoint: Endpoint, action: str, body: dict[str, Any]) -> Operation:
+        return Operation(
+            partition=self.did,
+            endpoint=endpoint,
+            action=action,
+            body=body,
+            event_uuid=self.event.uuid,
+        )
+
+
+def _first_str(*values: object) -> str | None:
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            return value
+    return None

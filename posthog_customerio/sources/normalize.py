@@ -1,0 +1,279 @@
+"""Shape-agnostic normalisation: one PostHog event object (webhook, plugin runtime, export row)
+into a ``PostHogEvent``.
+
+Every source funnels through ``event_from_mapping`` so that PostHog's many payload shapes are
+known in exactly one place. It is lenient about shape (JSON strings for the export's
+``properties``/``person_properties``/``set``/``set_once``, legacy top-level ``$set``, numeric
+distinct_ids) and strict about meaning: a value it cannot use raises ``InputError`` naming
+the field's path, so the webhook can answer 400 instead of guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import uuid as _uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from posthog_customerio.errors import InputError
+from posthog_customerio.sources.event import JSON, PostHogEvent
+
+# uuid5 namespace for events that arrive without a uuid (fixed forever: changing it would
+# change the derived event ids and so defeat deduplication).
+UUID_NAMESPACE = _uuid.UUID("8b1f4a52-3c0e-5d8e-9a57-6f0c2b1d9e43")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_MAX_ABS_MS = 253_402_300_800_000  # 10000-01-01: beyond it a "timestamp" is garbage
+_SECONDS_BELOW = 100_000_000_000  # a number under 1e11 is seconds (1e11 ms is 1973)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_LIFTED = ("$set", "$set_once", "$unset")
+
+
+def parse_timestamp_ms(value: object) -> int | None:
+    """Unix milliseconds from ISO 8601 (``Z``, offsets, space separator; naive = UTC) or a
+    number of seconds or milliseconds (told apart by magnitude); ``None`` if unusable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            return parse_timestamp_ms(
+                float(text) if "." in text or "e" in text.lower() else int(text)
+            )
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return (dt - _EPOCH) // _MS
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        ms = int(value) if abs(value) >= _SECONDS_BELOW else round(value * 1000)
+        return ms if abs(ms) < _MAX_ABS_MS else None
+    return None
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _object(value: object, path: str) -> JSON | None:
+    """A JSON object, also from its JSON-string form (export rows); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(path, "is a string but not valid JSON") from exc
+        if value is None:
+            return None
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise InputError(path, f"must be an object, not {_kind(value)}")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), type(value).__name__)
+
+
+def _distinct_id(value: object, path: str) -> str:
+    if isinstance(value, str):
+        if value.strip():
+            return value
+        raise InputError(path, "must not be empty")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if value is None:
+        raise InputError(path, "is missing")
+    raise InputError(path, f"must be a string or a number, not {_kind(value)}")
+
+
+def _unset(value: object, path: str) -> list[str]:
+    """``$unset`` is a list of keys (posthog-js); an object's keys are accepted too."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        parsed = _object_or_list(value, path)
+        return _unset(parsed, path)
+    if isinstance(value, Mapping):
+        return [str(k) for k in value]
+    if isinstance(value, list):
+        for i, key in enumerate(value):
+            if not isinstance(key, str):
+                raise InputError(f"{path}[{i}]", f"must be a string, not {_kind(key)}")
+        return value
+    raise InputError(path, f"must be an array of keys, not {_kind(value)}")
+
+
+def _object_or_list(value: str, path: str) -> object:
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(path, "is a string but not valid JSON") from exc
+
+
+def _derived_uuid(obj: Mapping[str, Any]) -> str:
+    """uuid5 over the canonical JSON of the event: the same content always gets the same uuid."""
+    try:
+        canonical = orjson.dumps(obj, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return str(_uuid.uuid5(UUID_NAMESPACE, canonical.decode("utf-8", "replace")))
+
+
+def _merged(parts: list[JSON | None]) -> JSON:
+    present = [p for p in parts if p]
+    if not present:
+        return {}
+    if len(present) == 1:
+        return present[0]
+    merged: JSON = {}
+    for part in present:
+        merged.update(part)
+    return merged
+
+
+def _groups(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        return {}
+    return {
+        str(k): str(v)
+        for k, v in value.items()
+        if isinstance(v, str | int | float) and not isinstance(v, bool) and v != ""
+    }
+
+
+def event_from_mapping(
+    obj: Mapping[str, Any],
+    *,
+    person: Mapping[str, Any] | None,
+    received_ms: int,
+    path: str,
+    person_path: str | None = None,
+) -> PostHogEvent:
+    """Normalise one event object; ``path`` prefixes every field named in an ``InputError``.
+
+    ``person`` is the webhook's ``person`` object (its ``properties`` become
+    ``person_properties``); without it, the event's own ``person_properties`` are used.
+    Precedence for person updates: legacy top-level ``$set`` < export ``set`` <
+    ``properties.$set`` (likewise ``$set_once``).
+    """
+    if not isinstance(obj, Mapping):
+        raise InputError(path, f"must be an event object, not {_kind(obj)}")
+    notes: list[str] = []
+
+    name = obj.get("event")
+    if not isinstance(name, str) or not name:
+        what = "is missing" if name is None else f"must be a non-empty string, not {_kind(name)}"
+        if name == "":
+            what = "must not be empty"
+        raise InputError(_join(path, "event"), what)
+    distinct_id = _distinct_id(obj.get("distinct_id"), _join(path, "distinct_id"))
+
+    props_path = _join(path, "properties")
+    properties = _object(obj.get("properties"), props_path) or {}
+
+    set_ = _merged(
+        [
+            _object(obj.get("$set"), _join(path, "$set")),
+            _object(obj.get("set"), _join(path, "set")),
+            _object(properties.get("$set"), f"{props_path}.$set"),
+        ]
+    )
+    set_once = _merged(
+        [
+            _object(obj.get("$set_once"), _join(path, "$set_once")),
+            _object(obj.get("set_once"), _join(path, "set_once")),
+            _object(properties.get("$set_once"), f"{props_path}.$set_once"),
+        ]
+    )
+    unset = _unset(obj.get("$unset"), _join(path, "$unset")) + _unset(
+        properties.get("$unset"), f"{props_path}.$unset"
+    )
+    if any(key in properties for key in _LIFTED):
+        properties = {k: v for k, v in properties.items() if k not in _LIFTED}
+
+    if person is not None:
+        ppath = person_path if person_path is not None else _join(path, "person")
+        if not isinstance(person, Mapping):
+            raise InputError(ppath, f"must be an object, not {_kind(person)}")
+        person_properties = _object(person.get("properties"), _join(ppath, "properties")) or {}
+    else:
+        person_properties = (
+            _object(obj.get("person_properties"), _join(path, "person_properties")) or {}
+        )
+
+    raw_uuid = obj.get("uuid")
+    if raw_uuid is None or raw_uuid == "":
+        uuid = _derived_uuid(obj)
+        notes.append("uuid derived from content")
+    elif isinstance(raw_uuid, str):
+        uuid = raw_uuid
+    else:
+        raise InputError(_join(path, "uuid"), f"must be a string, not {_kind(raw_uuid)}")
+
+    raw_ts = obj.get("timestamp")
+    if raw_ts is not None and raw_ts != "":
+        timestamp_ms = parse_timestamp_ms(raw_ts)
+        if timestamp_ms is None:
+            raise InputError(
+                _join(path, "timestamp"), "must be an ISO 8601 date-time or a Unix time"
+            )
+    else:
+        timestamp_ms = _fallback_timestamp(obj, properties, received_ms, notes)
+
+    return PostHogEvent(
+        uuid=uuid,
+        event=name,
+        distinct_id=distinct_id,
+        timestamp_ms=timestamp_ms,
+        properties=properties,
+        set=set_,
+        set_once=set_once,
+        unset=tuple(unset),
+        person_properties=person_properties,
+        groups=_groups(properties.get("$groups")),
+        notes=tuple(notes),
+    )
+
+
+def _fallback_timestamp(
+    obj: Mapping[str, Any], properties: JSON, received_ms: int, notes: list[str]
+) -> int:
+    """No ``timestamp``: ``properties.$time`` (seconds), then ``sent_at``, then arrival time."""
+    t = properties.get("$time")
+    if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t):
+        ms = round(t * 1000)
+        if abs(ms) < _MAX_ABS_MS:
+            notes.append("timestamp taken from properties.$time")
+            return ms
+    sent_at = parse_timestamp_ms(obj.get("sent_at"))
+    if sent_at is not None:
+        notes.append("timestamp taken from sent_at")
+        return sent_at
+    notes.append("timestamp missing: time of receipt used")
+    return received_ms

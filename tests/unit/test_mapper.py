@@ -1,0 +1,1058 @@
+"""The mapping contract (DESIGN.md §4), one named case per rule; then the README's story.
+
+Every operation any case produces is also checked against the official Track API spec.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+from posthog_customerio.customerio.spec import default_validator, load_spec
+from posthog_customerio.mapping.explain import Explanation, explain, format_explanation
+from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.limits import MAX_ITEM_BYTES
+from posthog_customerio.mapping.mapper import EventMapper
+from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
+from posthog_customerio.mapping.ulid import is_ulid, ulid_from_uuid
+from posthog_customerio.queue.base import Mapper, MappingOutcome
+from posthog_customerio.sources.event import PostHogEvent
+from posthog_customerio.sources.normalize import event_from_mapping
+from posthog_customerio.sources.webhook import parse_webhook_body
+
+SHARED = Path(__file__).parents[3] / "shared" / "posthog"
+
+UUID7 = "01924815-6d55-7160-8999-50d836f675cc"
+T_MS = 1_727_786_216_789
+T_S = 1_727_786_216
+ULID = ulid_from_uuid(UUID7, T_MS)
+DEVICE = "0192480a-70d5-726b-b2a7-4de452e6b438"
+
+SEND_ALL = MappingRules()
+IDENTIFIED_ONLY = MappingRules(anonymous_users=AnonymousUsers.IDENTIFIED_ONLY)
+WITH_EMAIL_ONLY = MappingRules(anonymous_users=AnonymousUsers.WITH_EMAIL_ONLY)
+BY_EMAIL = MappingRules(identify_by_email=True)
+
+KNOWN = IdentityState(identified=True, seen=True)
+KNOWN_WITH_EMAIL = IdentityState(
+    identified=True, email="jane@example.com", seen=True, set_once_keys=frozenset({"email"})
+)
+ANON_WITH_EMAIL = IdentityState(email="jane@example.com", seen=True)
+
+
+def ev(
+    name: str = "order_completed",
+    did: str = "user_42",
+    *,
+    identified: bool | str | None = True,
+    props: dict[str, Any] | None = None,
+    set: dict[str, Any] | None = None,
+    set_once: dict[str, Any] | None = None,
+    unset: Sequence[str] = (),
+    person: dict[str, Any] | None = None,
+    uuid: str = UUID7,
+) -> PostHogEvent:
+    """An event; ``identified`` is ``$is_identified`` (None: absent, as server-side SDKs)."""
+    properties: dict[str, Any] = {} if identified is None else {"$is_identified": identified}
+    properties.update(props or {})
+    return PostHogEvent(
+        uuid=uuid,
+        event=name,
+        distinct_id=did,
+        timestamp_ms=T_MS,
+        properties=properties,
+        set=set or {},
+        set_once=set_once or {},
+        unset=tuple(unset),
+        person_properties=person or {},
+    )
+
+
+def anon(name: str = "clicked", props: dict[str, Any] | None = None, **kwargs: Any) -> PostHogEvent:
+    """An anonymous browser: distinct_id = $device_id, $is_identified false."""
+    return ev(
+        name, DEVICE, identified=False, props={"$device_id": DEVICE, **(props or {})}, **kwargs
+    )
+
+
+# -- spec validation -------------------------------------------------------------------------
+
+
+@functools.cache
+def _local_validator(name: str) -> Draft202012Validator:
+    """Plain jsonschema (no oneOf leniency) on one component schema: an independent check."""
+    resource = Resource.from_contents(load_spec(), default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource("urn:spec", resource)
+    return Draft202012Validator({"$ref": f"urn:spec#/components/schemas/{name}"}, registry=registry)
+
+
+_V2_SCHEMAS = {
+    "identify": "identify_person",
+    "event": "person_event",
+    "page": "person_page",
+    "screen": "person_screen",
+    "merge": "person_merge",
+}
+_V1_ALTERNATIVE = {"event": 0, "page": 1, "screen": 2}
+
+
+def spec_problems(op: Operation) -> list[str]:
+    """Why ``op`` would be rejected by the spec; [] when valid."""
+    body = op.body
+    if op.endpoint is Endpoint.BATCH:
+        problems = default_validator().validate_batch_item(body)
+        problems += [e.message for e in _local_validator(_V2_SCHEMAS[op.action]).iter_errors(body)]
+        if len(orjson.dumps(body)) > MAX_ITEM_BYTES:
+            problems.append("over the 32 KB item limit")
+        return problems
+    problems = default_validator().validate_request("trackAnonymous", body)
+    # The spec's oneOf lets a page view match the "standard" alternative too; check the
+    # alternative the body's type names (the way spec.py dispatches).
+    index = _V1_ALTERNATIVE[body.get("type", "event")]
+    alternative = _local_validator("anonymousEventsRequest").evolve(
+        schema={"$ref": f"urn:spec#/components/schemas/anonymousEventsRequest/oneOf/{index}"}
+    )
+    problems += [e.message for e in alternative.iter_errors(body)]
+    if not body.get("anonymous_id"):
+        problems.append("an anonymous event without anonymous_id is an invite")
+    return problems
+
+
+def assert_sendable(ops: Sequence[Operation], event: PostHogEvent) -> None:
+    for op in ops:
+        assert spec_problems(op) == [], op
+        assert op.partition == event.distinct_id
+        assert op.event_uuid == event.uuid
+        if op.action in ("event", "page", "screen"):
+            assert is_ulid(op.body["id"])
+            assert type(op.body["timestamp"]) is int
+        else:
+            assert "timestamp" not in op.body
+
+
+# -- the rule table --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    event: PostHogEvent
+    rules: MappingRules = SEND_ALL
+    states: dict[str, IdentityState] = field(default_factory=dict)
+    dropped: str | None = None
+    ops: Sequence[str] = ()  # "action" for v2 items, "anonymous:action" for v1 anonymous events
+    bodies: Sequence[dict[str, Any]] | None = None  # exact bodies, when given
+    truncations: dict[str, int] | None = None
+    state: IdentityState | None = None  # the distinct_id's state afterwards
+    check: Callable[[MappingOutcome], None] | None = None
+
+
+def attrs(outcome: MappingOutcome, index: int = 0) -> dict[str, Any]:
+    result: dict[str, Any] = outcome.operations[index].body.get("attributes", {})
+    return result
+
+
+def body(outcome: MappingOutcome, index: int = 0) -> dict[str, Any]:
+    return outcome.operations[index].body
+
+
+def _is(expected: Any, get: Callable[[MappingOutcome], Any]) -> Callable[[MappingOutcome], None]:
+    def check(outcome: MappingOutcome) -> None:
+        assert get(outcome) == expected
+
+    return check
+
+
+def _not_in(key: str, get: Callable[[MappingOutcome], Any]) -> Callable[[MappingOutcome], None]:
+    def check(outcome: MappingOutcome) -> None:
+        assert key not in get(outcome)
+
+    return check
+
+
+def _has_note(text: str) -> Callable[[MappingOutcome], None]:
+    def check(outcome: MappingOutcome) -> None:
+        assert any(text in note for note in outcome.notes), outcome.notes
+
+    return check
+
+
+IDENTIFY_SET = ev(
+    "$identify",
+    props={"$anon_distinct_id": DEVICE, "$device_id": DEVICE},
+    set={"email": "jane@example.com", "plan": "pro"},
+    set_once={"signup_source": "pricing"},
+)
+
+CASES = [
+    # ---- allowlist
+    pytest.param(Case(ev("anything"), ops=["event"]), id="allowlist_empty_sends_everything"),
+    pytest.param(
+        Case(ev("signup"), MappingRules(event_allowlist=frozenset({"signup"})), ops=["event"]),
+        id="allowlist_exact_match_sends",
+    ),
+    pytest.param(
+        Case(
+            ev("other"),
+            MappingRules(event_allowlist=frozenset({"signup"})),
+            dropped="not_in_allowlist",
+        ),
+        id="allowlist_other_event_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev("Signup"),
+            MappingRules(event_allowlist=frozenset({"signup"})),
+            dropped="not_in_allowlist",
+        ),
+        id="allowlist_is_case_sensitive",
+    ),
+    pytest.param(
+        Case(
+            IDENTIFY_SET,
+            MappingRules(event_allowlist=frozenset({"order_completed"})),
+            dropped="not_in_allowlist",
+            state=IdentityState(identified=True, email="jane@example.com", seen=True),
+        ),
+        id="allowlist_drop_still_learns_identity",
+    ),
+    pytest.param(
+        Case(
+            ev(identified=False, props={"$device_id": "user_42"}),
+            MappingRules(
+                anonymous_users=AnonymousUsers.IDENTIFIED_ONLY,
+                event_allowlist=frozenset({"order_completed"}),
+            ),
+            states={"user_42": IdentityState(identified=True, email="jane@example.com", seen=True)},
+            ops=["identify", "event"],
+            check=_is({"email": "jane@example.com"}, attrs),
+        ),
+        id="allowlist_learned_identity_and_email_used_by_next_allowed_event",
+    ),
+    # ---- anonymous users
+    pytest.param(
+        Case(
+            anon("$pageview", props={"$current_url": "https://x.test/pricing"}),
+            ops=["anonymous:page"],
+            bodies=[
+                {
+                    "anonymous_id": DEVICE,
+                    "name": "https://x.test/pricing",
+                    "type": "page",
+                    "id": ULID,
+                    "timestamp": T_S,
+                    "data": {
+                        "$is_identified": False,
+                        "$device_id": DEVICE,
+                        "$current_url": "https://x.test/pricing",
+                    },
+                }
+            ],
+        ),
+        id="send_all_anonymous_pageview_is_anonymous_page",
+    ),
+    pytest.param(
+        Case(anon(), ops=["anonymous:event"], check=_not_in("type", body)),
+        id="send_all_anonymous_custom_event_has_no_type",
+    ),
+    pytest.param(
+        Case(
+            anon("$screen", props={"$screen_name": "Home"}),
+            ops=["anonymous:screen"],
+            check=_is("screen", lambda o: body(o)["type"]),
+        ),
+        id="send_all_anonymous_screen",
+    ),
+    pytest.param(
+        Case(anon(), IDENTIFIED_ONLY, dropped="anonymous_user", state=IdentityState(seen=True)),
+        id="identified_only_drops_anonymous",
+    ),
+    pytest.param(
+        Case(ev(identified=False), IDENTIFIED_ONLY, states={"user_42": KNOWN}, ops=["event"]),
+        id="identified_only_sticky_once_identified",
+    ),
+    pytest.param(Case(ev(), IDENTIFIED_ONLY, ops=["event"]), id="identified_only_sends_identified"),
+    pytest.param(
+        Case(ev(), WITH_EMAIL_ONLY, dropped="no_email"), id="with_email_only_drops_without_email"
+    ),
+    pytest.param(
+        Case(ev(person={"email": "jane@example.com"}), WITH_EMAIL_ONLY, ops=["identify", "event"]),
+        id="with_email_only_passes_with_person_email",
+    ),
+    pytest.param(
+        Case(ev(), WITH_EMAIL_ONLY, states={"user_42": KNOWN_WITH_EMAIL}, ops=["event"]),
+        id="with_email_only_sticky_stored_email",
+    ),
+    pytest.param(
+        Case(anon(), WITH_EMAIL_ONLY, states={DEVICE: ANON_WITH_EMAIL}, ops=["anonymous:event"]),
+        id="with_email_only_anonymous_with_email_is_anonymous_event",
+    ),
+    pytest.param(
+        Case(
+            anon("$set", set={"email": "jane@example.com"}),
+            dropped="nothing_to_send",
+            state=IdentityState(email="jane@example.com", seen=True),
+            check=_has_note("anonymous user are not sent"),
+        ),
+        id="anonymous_set_not_sent_but_email_learned",
+    ),
+    # ---- who is identified
+    pytest.param(
+        Case(ev(identified="false"), ops=["anonymous:event"]),
+        id="is_identified_string_false_is_anonymous",
+    ),
+    pytest.param(
+        Case(ev(identified="true"), ops=["event"]), id="is_identified_string_true_is_person"
+    ),
+    pytest.param(
+        Case(ev(identified=False), ops=["anonymous:event"]), id="is_identified_false_is_anonymous"
+    ),
+    pytest.param(
+        Case(ev(identified=None, props={"$device_id": "user_42"}), ops=["anonymous:event"]),
+        id="distinct_id_equal_to_device_id_is_anonymous",
+    ),
+    pytest.param(
+        Case(
+            ev(identified=None, props={"$lib": "posthog-python"}),
+            IDENTIFIED_ONLY,
+            ops=["event"],
+            state=IdentityState(identified=True, seen=True),
+        ),
+        id="server_side_event_is_identified_person",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", identified=False),
+            IDENTIFIED_ONLY,
+            ops=["identify"],
+            state=IdentityState(identified=True, seen=True),
+        ),
+        id="identify_event_identifies",
+    ),
+    # ---- personless events
+    pytest.param(
+        Case(anon("$pageview", props={"$process_person_profile": False}), ops=["anonymous:page"]),
+        id="personless_send_all_anonymous_event",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$process_person_profile": False}),
+            ops=["anonymous:event"],
+            state=IdentityState(seen=True),
+        ),
+        id="personless_never_identifies_even_if_flagged",
+    ),
+    pytest.param(
+        Case(
+            anon(props={"$process_person_profile": False}),
+            IDENTIFIED_ONLY,
+            dropped="anonymous_user",
+        ),
+        id="personless_identified_only_dropped",
+    ),
+    pytest.param(
+        Case(
+            anon(props={"$process_person_profile": False}),
+            WITH_EMAIL_ONLY,
+            states={DEVICE: ANON_WITH_EMAIL},
+            dropped="anonymous_user",
+        ),
+        id="personless_with_email_only_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$process_person_profile": "false"}, set={"plan": "x"}),
+            states={"user_42": KNOWN},
+            ops=["event"],
+        ),
+        id="personless_known_identified_is_person_event_without_set",
+    ),
+    # ---- email
+    pytest.param(
+        Case(
+            ev(set={"email": "new@example.com"}, person={"email": "person@example.com"}),
+            states={"user_42": KNOWN_WITH_EMAIL},
+            ops=["identify", "event"],
+            check=_is({"email": "new@example.com"}, attrs),
+        ),
+        id="email_from_set_wins",
+    ),
+    pytest.param(
+        Case(
+            ev(person={"email": " person@example.com "}),
+            ops=["identify", "event"],
+            check=_is({"email": "person@example.com"}, attrs),
+            state=IdentityState(
+                identified=True,
+                email="person@example.com",
+                seen=True,
+                set_once_keys=frozenset({"email"}),
+            ),
+        ),
+        id="email_from_person_properties",
+    ),
+    pytest.param(
+        Case(
+            ev(),
+            BY_EMAIL,
+            states={"user_42": KNOWN_WITH_EMAIL},
+            ops=["event"],
+            check=_is({"email": "jane@example.com"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="email_from_stored_state",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"email": "not-an-email", "plan": "x"}, person={"email": "person@example.com"}),
+            ops=["identify", "event"],
+            truncations={"invalid_email": 1},
+            check=_is({"email": "person@example.com", "plan": "x"}, attrs),
+        ),
+        id="email_invalid_set_falls_back_to_person_email",
+    ),
+    pytest.param(
+        Case(
+            ev("$set", set={"email": "jane at example", "plan": "x"}),
+            ops=["identify"],
+            check=_is({"plan": "x"}, attrs),
+            state=IdentityState(identified=True, seen=True, set_once_keys=frozenset({"plan"})),
+        ),
+        id="email_invalid_is_never_sent",
+    ),
+    pytest.param(
+        Case(
+            ev(person={"email": "other@example.com"}),
+            states={"user_42": KNOWN_WITH_EMAIL},
+            ops=["identify", "event"],
+            check=_is({"email": "other@example.com"}, attrs),
+        ),
+        id="email_change_triggers_identify",
+    ),
+    pytest.param(
+        Case(
+            ev(person={"email": "jane@example.com"}),
+            states={"user_42": KNOWN_WITH_EMAIL},
+            ops=["event"],
+        ),
+        id="email_known_and_sent_no_identify",
+    ),
+    # ---- identify by email
+    pytest.param(
+        Case(
+            IDENTIFY_SET,
+            BY_EMAIL,
+            ops=["identify"],
+            check=_is({"email": "jane@example.com"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="identify_by_email_uses_email_identifier",
+    ),
+    pytest.param(
+        Case(
+            ev(),
+            BY_EMAIL,
+            ops=["event"],
+            check=_is({"id": "user_42"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="identify_by_email_without_email_falls_back_to_id",
+    ),
+    pytest.param(
+        Case(
+            ev(),
+            SEND_ALL,
+            states={"user_42": KNOWN_WITH_EMAIL},
+            ops=["event"],
+            check=_is({"id": "user_42"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="identify_by_id_by_default",
+    ),
+    # ---- $set / $set_once / $unset
+    pytest.param(
+        Case(
+            ev(props={"price": 5}, set={"plan": "pro"}),
+            ops=["identify", "event"],
+            bodies=[
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"id": "user_42"},
+                    "attributes": {"plan": "pro"},
+                },
+                {
+                    "type": "person",
+                    "action": "event",
+                    "identifiers": {"id": "user_42"},
+                    "name": "order_completed",
+                    "id": ULID,
+                    "timestamp": T_S,
+                    "attributes": {"$is_identified": True, "price": 5},
+                },
+            ],
+        ),
+        id="set_becomes_identify_first_and_is_not_event_data",
+    ),
+    pytest.param(
+        Case(ev("$set", set={"plan": "pro"}), ops=["identify"]),
+        id="set_event_is_identify_only",
+    ),
+    pytest.param(
+        Case(
+            ev("$set", set_once={"plan": "pro"}),
+            states={
+                "user_42": IdentityState(
+                    identified=True, seen=True, set_once_keys=frozenset({"plan"})
+                )
+            },
+            dropped="nothing_to_send",
+        ),
+        id="set_event_with_nothing_new_is_nothing_to_send",
+    ),
+    pytest.param(
+        Case(
+            ev(set_once={"first_seen": "2024"}),
+            ops=["identify", "event"],
+            check=_is({"first_seen": "2024"}, attrs),
+            state=IdentityState(
+                identified=True, seen=True, set_once_keys=frozenset({"first_seen"})
+            ),
+        ),
+        id="set_once_sent_the_first_time",
+    ),
+    pytest.param(
+        Case(
+            ev(set_once={"first_seen": "2025"}),
+            states={
+                "user_42": IdentityState(
+                    identified=True, seen=True, set_once_keys=frozenset({"first_seen"})
+                )
+            },
+            ops=["event"],
+        ),
+        id="set_once_skipped_when_person_had_it",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"plan": "pro"}, set_once={"plan": "free", "src": "ad"}),
+            ops=["identify", "event"],
+            check=_is({"plan": "pro", "src": "ad"}, attrs),
+        ),
+        id="set_once_skipped_when_set_in_same_event",
+    ),
+    pytest.param(
+        Case(
+            ev(unset=["plan"]),
+            states={
+                "user_42": IdentityState(
+                    identified=True, seen=True, set_once_keys=frozenset({"plan", "x"})
+                )
+            },
+            ops=["identify", "event"],
+            check=_is({"plan": ""}, attrs),
+            state=IdentityState(identified=True, seen=True, set_once_keys=frozenset({"x"})),
+        ),
+        id="unset_sends_empty_string_and_forgets_the_key",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"created_at": "2024-09-30T08:00:00Z"}),
+            ops=["identify", "event"],
+            check=_is({"created_at": 1_727_683_200}, attrs),
+        ),
+        id="created_at_iso_to_seconds",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"created_at": 1_727_683_200_123}),
+            ops=["identify", "event"],
+            check=_is({"created_at": 1_727_683_200}, attrs),
+        ),
+        id="created_at_milliseconds_to_seconds",
+    ),
+    pytest.param(
+        Case(
+            ev(set_once={"created_at": 1_727_683_200}),
+            ops=["identify", "event"],
+            check=_is({"created_at": 1_727_683_200}, attrs),
+        ),
+        id="created_at_seconds_kept",
+    ),
+    # ---- event kinds
+    pytest.param(
+        Case(
+            ev("$pageview", props={"$current_url": "https://x.test/a", "$pathname": "/a"}),
+            ops=["page"],
+            check=_is("https://x.test/a", lambda o: body(o)["name"]),
+        ),
+        id="pageview_name_is_current_url",
+    ),
+    pytest.param(
+        Case(
+            ev("$pageview", props={"$pathname": "/a"}),
+            ops=["page"],
+            check=_is("/a", lambda o: body(o)["name"]),
+        ),
+        id="pageview_name_falls_back_to_pathname",
+    ),
+    pytest.param(
+        Case(ev("$pageview"), ops=["page"], check=_is("$pageview", lambda o: body(o)["name"])),
+        id="pageview_name_falls_back_to_pageview",
+    ),
+    pytest.param(
+        Case(
+            ev("$screen", props={"$screen_name": "Settings"}),
+            ops=["screen"],
+            check=_is("Settings", lambda o: body(o)["name"]),
+        ),
+        id="screen_name_is_screen_name",
+    ),
+    pytest.param(
+        Case(ev("$screen"), ops=["screen"], check=_is("$screen", lambda o: body(o)["name"])),
+        id="screen_name_falls_back_to_screen",
+    ),
+    pytest.param(
+        Case(
+            ev("order_completed"),
+            ops=["event"],
+            check=_is(
+                ("order_completed", ULID, T_S),
+                lambda o: (body(o)["name"], body(o)["id"], body(o)["timestamp"]),
+            ),
+        ),
+        id="other_event_is_event_with_ulid_and_seconds",
+    ),
+    # ---- $identify
+    pytest.param(
+        Case(
+            IDENTIFY_SET,
+            ops=["identify"],
+            bodies=[
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"id": "user_42"},
+                    "attributes": {
+                        "email": "jane@example.com",
+                        "anonymous_id": DEVICE,
+                        "plan": "pro",
+                        "signup_source": "pricing",
+                    },
+                }
+            ],
+            state=IdentityState(
+                identified=True,
+                email="jane@example.com",
+                seen=True,
+                set_once_keys=frozenset({"email", "plan", "signup_source"}),
+            ),
+        ),
+        id="identify_carries_anon_distinct_id_as_anonymous_id",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify"),
+            ops=["identify"],
+            bodies=[{"type": "person", "action": "identify", "identifiers": {"id": "user_42"}}],
+        ),
+        id="identify_without_attributes_still_identifies",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", props={"$anon_distinct_id": "user_42"}),
+            ops=["identify"],
+            check=_not_in("attributes", body),
+        ),
+        id="identify_anon_id_equal_to_distinct_id_ignored",
+    ),
+    # ---- alias / merge
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "legacy-9001"}),
+            states={"legacy-9001": KNOWN},
+            ops=["merge"],
+            bodies=[
+                {
+                    "type": "person",
+                    "action": "merge",
+                    "primary": {"id": "user_42"},
+                    "secondary": {"id": "legacy-9001"},
+                }
+            ],
+        ),
+        id="alias_both_identified_merges",
+    ),
+    pytest.param(
+        Case(
+            ev("$merge_dangerously", props={"alias": "legacy-9001"}),
+            states={"legacy-9001": KNOWN},
+            ops=["merge"],
+        ),
+        id="merge_dangerously_merges",
+    ),
+    pytest.param(
+        Case(ev("$create_alias", props={"alias": "legacy-9001"}), dropped="alias_not_identified"),
+        id="alias_unknown_alias_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", identified=False, props={"alias": "legacy-9001"}),
+            states={"legacy-9001": KNOWN},
+            dropped="alias_not_identified",
+        ),
+        id="alias_anonymous_primary_dropped",
+    ),
+    pytest.param(
+        Case(ev("$create_alias"), dropped="missing_alias"),
+        id="alias_missing_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(
+                "$create_alias",
+                props={"alias": "legacy-9001"},
+                person={"email": "jane@example.com"},
+            ),
+            BY_EMAIL,
+            states={"legacy-9001": IdentityState(identified=True, email="old@example.com")},
+            ops=["identify", "merge"],
+            check=_is(
+                ({"email": "jane@example.com"}, {"email": "old@example.com"}),
+                lambda o: (body(o, 1)["primary"], body(o, 1)["secondary"]),
+            ),
+        ),
+        id="alias_identify_by_email_merges_by_email",
+    ),
+    # ---- groups
+    pytest.param(
+        Case(
+            ev("$groupidentify", props={"$group_type": "company", "$group_key": "acme"}),
+            dropped="groups_not_mapped",
+        ),
+        id="groupidentify_not_mapped_yet",
+    ),
+    # ---- limits
+    pytest.param(
+        Case(ev(did="d" * 151), dropped="distinct_id_too_long", truncations={"id_too_long": 1}),
+        id="distinct_id_too_long_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"bio": "é" * 600}),
+            ops=["identify", "event"],
+            truncations={"attribute_value": 1},
+            check=_is("é" * 500, lambda o: attrs(o)["bio"]),
+        ),
+        id="attribute_value_truncated_at_utf8_boundary",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"n" * 151: 1, "ok": 1}),
+            ops=["identify", "event"],
+            truncations={"attribute_name": 1},
+            check=_is({"ok": 1}, attrs),
+        ),
+        id="attribute_name_too_long_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"nested": {"list": ["x" * 100] * 20}, "ok": 1}),
+            ops=["identify", "event"],
+            truncations={"attribute_value": 1},
+            check=_is({"ok": 1}, attrs),
+        ),
+        id="attribute_nested_over_limit_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", set={f"k{i:03}": i for i in range(310)}, person={"email": "a@b.co"}),
+            ops=["identify"],
+            truncations={"attribute_count": 11},
+            check=_is(["email", *(f"k{i:03}" for i in range(299))], lambda o: list(attrs(o))),
+        ),
+        id="attributes_over_300_keep_first_email_first",
+    ),
+    pytest.param(
+        Case(
+            ev("e" * 120),
+            ops=["event"],
+            truncations={"event_name": 1},
+            check=_is("e" * 100, lambda o: body(o)["name"]),
+        ),
+        id="event_name_truncated",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"big": "x" * 40_000, "small": 1}),
+            ops=["event"],
+            truncations={"item_size": 1},
+            check=_is({"$is_identified": True, "small": 1}, attrs),
+        ),
+        id="event_data_over_item_limit_drops_largest_keys",
+    ),
+    pytest.param(
+        Case(
+            ev(props={f"k{i}": "x" * 30_000 for i in range(5)}),
+            ops=["event"],
+            truncations={"item_size": 4},
+            check=_is(2, lambda o: len(attrs(o))),
+        ),
+        id="event_data_over_100k_within_item_limit_too",
+    ),
+    pytest.param(
+        Case(
+            anon(props={"a": "x" * 60_000, "b": "y" * 60_000}),
+            ops=["anonymous:event"],
+            truncations={"event_data": 1},
+        ),
+        id="anonymous_event_data_over_100k_drops_largest_key",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", set={f"k{i:03}": "v" * 900 for i in range(60)}),
+            ops=["identify"],
+            truncations={"item_size": 25},  # equal sizes: dropped in key order, deterministic
+            check=_is(["k025", "k026"], lambda o: list(attrs(o))[:2]),
+        ),
+        id="identify_over_item_limit_drops_largest_attributes",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", props={"$anon_distinct_id": "a" * 151}),
+            ops=["identify"],
+            truncations={"id_too_long": 1},
+            check=_not_in("attributes", body),
+        ),
+        id="anon_distinct_id_too_long_not_merged",
+    ),
+    pytest.param(
+        Case(
+            ev("$pageview", props={"title": 5, "url": "https://x"}),
+            ops=["page"],
+            truncations={"reserved_attribute": 1},
+            check=_not_in("title", attrs),
+        ),
+        id="reserved_event_key_of_wrong_type_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"_update": "yes", "cio_subscription_preferences": 1, "ok": 1}),
+            ops=["identify", "event"],
+            truncations={"reserved_attribute": 2},
+            check=_is({"ok": 1}, attrs),
+        ),
+        id="reserved_person_attribute_of_wrong_type_dropped",
+    ),
+    # ---- state bookkeeping
+    pytest.param(
+        Case(ev(), states={"user_42": KNOWN}, ops=["event"], check=_is({}, lambda o: o.states)),
+        id="unchanged_state_not_returned",
+    ),
+]
+
+
+def _labels(ops: Sequence[Operation]) -> list[str]:
+    return [op.action if op.endpoint is Endpoint.BATCH else f"anonymous:{op.action}" for op in ops]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_mapping_rule(case: Case) -> None:
+    outcome = EventMapper(case.rules).map(case.event, case.states)
+    assert outcome.dropped == case.dropped, outcome.notes
+    assert _labels(outcome.operations) == list(case.ops)
+    if case.bodies is not None:
+        assert [op.body for op in outcome.operations] == list(case.bodies)
+    if case.truncations is not None:
+        assert dict(outcome.truncations) == case.truncations
+    if case.state is not None:
+        assert outcome.states[case.event.distinct_id] == case.state
+    if case.check is not None:
+        case.check(outcome)
+    assert_sendable(outcome.operations, case.event)
+
+
+# -- properties of the mapper as a whole ------------------------------------------------------
+
+
+def test_event_mapper_is_a_mapper() -> None:
+    mapper: Mapper = EventMapper(SEND_ALL)
+    assert mapper.related_ids(ev()) == ("user_42",)
+
+
+@pytest.mark.parametrize(
+    ("event", "ids"),
+    [
+        pytest.param(ev("$create_alias", props={"alias": "x"}), ("user_42", "x"), id="alias"),
+        pytest.param(ev("$merge_dangerously", props={"alias": "x"}), ("user_42", "x"), id="merge"),
+        pytest.param(ev("$create_alias", props={"alias": "user_42"}), ("user_42",), id="self"),
+        pytest.param(ev("$create_alias"), ("user_42",), id="no_alias"),
+    ],
+)
+def test_related_ids(event: PostHogEvent, ids: tuple[str, ...]) -> None:
+    assert tuple(EventMapper(SEND_ALL).related_ids(event)) == ids
+
+
+def test_mapping_is_pure_and_deterministic() -> None:
+    states = {"user_42": KNOWN_WITH_EMAIL}
+    before = orjson.dumps(IDENTIFY_SET.set)
+    one = EventMapper(BY_EMAIL).map(IDENTIFY_SET, states)
+    two = EventMapper(BY_EMAIL).map(IDENTIFY_SET, states)
+    assert one == two
+    assert states == {"user_42": KNOWN_WITH_EMAIL}
+    assert orjson.dumps(IDENTIFY_SET.set) == before
+
+
+def test_same_uuid_same_event_id_across_replays() -> None:
+    mapper = EventMapper(SEND_ALL)
+    ids = {mapper.map(ev(), {}).operations[0].body["id"] for _ in range(3)}
+    assert ids == {ULID}
+
+
+def test_anonymous_history_then_identify_merges_by_anonymous_id() -> None:
+    """The Customer.io side of the anonymous → identified story: same id on both."""
+    results = explain([anon("$pageview"), IDENTIFY_SET], SEND_ALL)
+    anon_body = results[0].operations[0].body
+    identify_body = results[1].operations[0].body
+    assert anon_body["anonymous_id"] == identify_body["attributes"]["anonymous_id"] == DEVICE
+
+
+def test_sticky_flags_never_turn_off() -> None:
+    states: dict[str, IdentityState] = {}
+    explain(
+        [ev(person={"email": "jane@example.com"}), ev(identified=False)], WITH_EMAIL_ONLY, states
+    )
+    assert states["user_42"].identified
+    assert states["user_42"].email == "jane@example.com"
+
+
+# -- the story (README of the shared samples) -------------------------------------------------
+
+STORY = [
+    "pageview-anonymous",
+    "personless",
+    "identify",
+    "pageview-identified",
+    "autocapture",
+    "custom-event",
+    "groupidentify",
+    "create-alias",
+    "screen",
+    "server-side",
+]
+
+STORY_SEND_ALL = [
+    ("$pageview", "send", None, ["anonymous:page"]),
+    ("$pageview", "send", None, ["anonymous:page"]),
+    ("$identify", "send", None, ["identify"]),
+    ("$pageview", "send", None, ["page"]),
+    ("$autocapture", "send", None, ["event"]),
+    ("order_completed", "send", None, ["identify", "event"]),
+    ("$groupidentify", "drop", "groups_not_mapped", []),
+    ("$create_alias", "drop", "alias_not_identified", []),
+    ("$screen", "send", None, ["screen"]),
+    ("subscription_renewed", "send", None, ["identify", "event"]),
+]
+
+
+def _gated(reason: str) -> list[tuple[str, str, str | None, list[str]]]:
+    return [
+        ("$pageview", "drop", reason, []),
+        ("$pageview", "drop", reason, []),
+        *STORY_SEND_ALL[2:],
+    ]
+
+
+def story_events() -> list[PostHogEvent]:
+    return [
+        event
+        for name in STORY
+        for event in parse_webhook_body(
+            (SHARED / f"webhook-{name}.json").read_bytes(), received_ms=0
+        )
+    ]
+
+
+def _summary(results: Sequence[Explanation]) -> list[tuple[str, str, str | None, list[str]]]:
+    return [(x.event, x.decision, x.reason, _labels(x.operations)) for x in results]
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        pytest.param(SEND_ALL, STORY_SEND_ALL, id="send_all"),
+        pytest.param(IDENTIFIED_ONLY, _gated("anonymous_user"), id="identified_only"),
+        pytest.param(WITH_EMAIL_ONLY, _gated("no_email"), id="with_email_only"),
+        pytest.param(
+            MappingRules(identify_by_email=True, anonymous_users=AnonymousUsers.IDENTIFIED_ONLY),
+            _gated("anonymous_user"),
+            id="identified_only_by_email",
+        ),
+    ],
+)
+def test_story(rules: MappingRules, expected: list[Any]) -> None:
+    events = story_events()
+    results = explain(events, rules)
+    assert _summary(results) == expected
+    for event, result in zip(events, results, strict=True):
+        assert_sendable(result.operations, event)
+    identify = results[2].operations[0].body
+    assert identify["attributes"]["anonymous_id"] == events[0].distinct_id
+    assert identify["attributes"]["email"] == "jane@example.com"
+    assert identify["attributes"]["created_at"] == 1_727_683_200
+    if rules.identify_by_email:
+        assert all(
+            op.body.get("identifiers") == {"email": "jane@example.com"}
+            for x in results[2:]
+            for op in x.operations
+        )
+
+
+def test_story_explained_for_humans() -> None:
+    text = "\n\n".join(format_explanation(x) for x in explain(story_events(), SEND_ALL))
+    assert "DROP  reason: groups_not_mapped" in text
+    assert "POST /api/v1/events (anonymous)" in text
+    assert '"anonymous_id": "0192480a-70d5-726b-b2a7-4de452e6b438"' in text
+    assert "SEND  2 operations" in text
+
+
+def test_explain_notes_and_truncations_are_shown() -> None:
+    event = event_from_mapping(
+        {"event": "e" * 120, "distinct_id": "u", "properties": {"$is_identified": True}},
+        person=None,
+        received_ms=T_MS,
+        path="",
+    )
+    (result,) = explain([event], SEND_ALL)
+    assert result.as_dict()["truncations"] == {"event_name": 1}
+    text = format_explanation(result)
+    assert "event_name=1" in text
+    assert "note: uuid derived from content" in text
+
+
+def test_export_sample_maps_to_valid_operations_under_every_mode() -> None:
+    lines = (SHARED / "export-sample.jsonl").read_bytes().splitlines()
+    events = [
+        event_from_mapping(orjson.loads(line), person=None, received_ms=0, path="")
+        for line in lines
+        if line.strip()
+    ]
+    for rules in (SEND_ALL, IDENTIFIED_ONLY, WITH_EMAIL_ONLY, BY_EMAIL):
+        results = explain(events, rules)
+        assert any(x.decision == "send" for x in results)
+        for event, result in zip(events, results, strict=True):
+            assert_sendable(result.operations, event)
+
+
+def test_operation_that_cannot_fit_is_dropped_with_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unreachable with real limits (ids and names are capped first), but never sent over."""
+    monkeypatch.setattr("posthog_customerio.mapping.mapper.fit_item", lambda *a, **k: None)
+    outcome = EventMapper(SEND_ALL).map(ev(set={"a": 1}), {})
+    assert outcome.operations == []
+    assert outcome.dropped == "operation_too_large"
+    assert any("32 KB" in note for note in outcome.notes)

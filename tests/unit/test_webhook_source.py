@@ -1,0 +1,296 @@
+"""Webhook bodies and export rows → PostHogEvent; bad input → InputError naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from posthog_customerio.errors import InputError
+from posthog_customerio.sources.normalize import event_from_mapping, parse_timestamp_ms
+from posthog_customerio.sources.webhook import parse_webhook_body
+
+SHARED = Path(__file__).parents[3] / "shared" / "posthog"
+RECEIVED_MS = 1_800_000_000_000
+T_MS = 1_727_786_216_789  # 2024-10-01T12:36:56.789Z
+
+
+def parse(body: Any, **kwargs: Any) -> list[Any]:
+    raw = body if isinstance(body, bytes) else orjson.dumps(body)
+    return parse_webhook_body(raw, received_ms=RECEIVED_MS, **kwargs)
+
+
+def bare(**overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "uuid": "01924815-6d55-7160-8999-50d836f675cc",
+        "event": "order_completed",
+        "distinct_id": "user_42",
+        "timestamp": "2024-10-01T12:36:56.789Z",
+        "properties": {"revenue": 1},
+    }
+    event.update(overrides)
+    return {k: v for k, v in event.items() if v is not None}
+
+
+# -- every shared sample ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(SHARED.glob("*.json")), ids=lambda p: p.stem)
+def test_every_shared_sample_parses(path: Path) -> None:
+    (event,) = parse_webhook_body(path.read_bytes(), received_ms=RECEIVED_MS)
+    raw = json.loads(path.read_text())
+    inner = raw.get("event", raw) if isinstance(raw.get("event"), dict) else raw
+    assert event.uuid == inner["uuid"]
+    assert event.event == inner["event"]
+    assert event.distinct_id == inner["distinct_id"]
+    assert event.notes == ()
+    assert not {"$set", "$set_once", "$unset"} & event.properties.keys()
+    assert event.set == inner["properties"].get("$set", {})
+    assert event.set_once == inner["properties"].get("$set_once", {})
+    person = raw.get("person")
+    assert event.person_properties == (person["properties"] if person else {})
+
+
+def test_webhook_identify_sample_fields() -> None:
+    (event,) = parse_webhook_body(
+        (SHARED / "webhook-identify.json").read_bytes(), received_ms=RECEIVED_MS
+    )
+    assert event.timestamp_ms == 1_727_786_096_789
+    assert event.set["email"] == "jane@example.com"
+    assert event.set_once == {"$initial_referrer": "$direct", "signup_source": "pricing-page"}
+    assert event.properties["$anon_distinct_id"] == "0192480a-70d5-726b-b2a7-4de452e6b438"
+    assert event.person_properties["email"] == "jane@example.com"
+
+
+def test_custom_event_sample_groups() -> None:
+    (event,) = parse_webhook_body(
+        (SHARED / "webhook-custom-event.json").read_bytes(), received_ms=RECEIVED_MS
+    )
+    assert event.groups == {"company": "acme-inc"}
+    assert event.properties["$groups"] == {"company": "acme-inc"}  # still event data
+
+
+def test_bare_event_legacy_top_level_set() -> None:
+    (event,) = parse_webhook_body((SHARED / "event-bare.json").read_bytes(), received_ms=0)
+    assert event.set == {"lifetime_orders": 3}
+
+
+def test_export_sample_rows_all_normalise() -> None:
+    lines = (SHARED / "export-sample.jsonl").read_bytes().splitlines()
+    events = [
+        event_from_mapping(orjson.loads(line), person=None, received_ms=0, path=f"line {i + 1}")
+        for i, line in enumerate(lines)
+        if line.strip()
+    ]
+    assert len(events) == 2000
+    assert all(e.notes == () for e in events)
+    identify = next(e for e in events if e.event == "$identify" and e.set)
+    assert "email" in identify.set
+    assert "$set" not in identify.properties
+    assert any(e.person_properties.get("email") for e in events)
+
+
+def test_export_row_json_string_fields_and_space_timestamp() -> None:
+    row = {
+        "uuid": "0192240a-44e3-7223-9bc4-96cb8e81973e",
+        "event": "signed_up",
+        "distinct_id": 13,
+        "timestamp": "2024-09-24 12:38:25.763+00:00",
+        "properties": '{"$current_url": "https://x", "$set": {"plan": "pro"}}',
+        "person_properties": '{"email": "u13@example.com"}',
+        "set": '{"name": "U"}',
+        "set_once": '{"first": 1}',
+    }
+    event = event_from_mapping(row, person=None, received_ms=0, path="")
+    assert event.distinct_id == "13"
+    assert event.timestamp_ms == 1_727_181_505_763
+    assert event.properties == {"$current_url": "https://x"}
+    assert event.set == {"name": "U", "plan": "pro"}
+    assert event.set_once == {"first": 1}
+    assert event.person_properties == {"email": "u13@example.com"}
+
+
+# -- body shapes -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "count"),
+    [
+        pytest.param(bare(), 1, id="bare_event"),
+        pytest.param({"event": bare(), "person": {"properties": {"a": 1}}}, 1, id="webhook"),
+        pytest.param({"event": bare()}, 1, id="webhook_without_person"),
+        pytest.param({"event": bare(), "person": None}, 1, id="webhook_null_person"),
+        pytest.param([bare(), {"event": bare()}], 2, id="array_of_both"),
+        pytest.param({"batch": [bare(), bare(), {"event": bare()}]}, 3, id="batch"),
+    ],
+)
+def test_accepted_shapes(body: Any, count: int) -> None:
+    events = parse(body)
+    assert len(events) == count
+    assert all(e.distinct_id == "user_42" and e.timestamp_ms == T_MS for e in events)
+
+
+def test_webhook_person_properties_used() -> None:
+    (event,) = parse({"event": bare(), "person": {"properties": {"email": "a@b.co"}}})
+    assert event.person_properties == {"email": "a@b.co"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("2024-10-01T12:36:56.789Z", T_MS, id="iso_z"),
+        pytest.param("2024-10-01T14:36:56.789+02:00", T_MS, id="iso_offset"),
+        pytest.param("2024-10-01 12:36:56.789+00:00", T_MS, id="space_separator"),
+        pytest.param("2024-10-01T12:36:56.789", T_MS, id="naive_is_utc"),
+        pytest.param(T_MS, T_MS, id="milliseconds"),
+        pytest.param(T_MS / 1000, T_MS, id="float_seconds"),
+        pytest.param(1_727_786_216, 1_727_786_216_000, id="int_seconds"),
+        pytest.param(str(T_MS), T_MS, id="numeric_string"),
+        pytest.param("yesterday", None, id="garbage"),
+        pytest.param(True, None, id="boolean"),
+        pytest.param(float("inf"), None, id="infinite"),
+        pytest.param(10**20, None, id="absurdly_far"),
+    ],
+)
+def test_parse_timestamp_ms(value: object, expected: int | None) -> None:
+    assert parse_timestamp_ms(value) == expected
+
+
+def test_numeric_distinct_id_is_stringified() -> None:
+    assert parse(bare(distinct_id=42))[0].distinct_id == "42"
+    assert parse(bare(distinct_id=42.0))[0].distinct_id == "42"
+
+
+def test_missing_uuid_is_derived_from_content_deterministically() -> None:
+    one = parse(bare(uuid=None))[0]
+    two = parse(bare(uuid=None))[0]
+    other = parse(bare(uuid=None, distinct_id="user_43"))[0]
+    assert one.uuid == two.uuid != other.uuid
+    assert "uuid derived from content" in one.notes
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected_ms", "note"),
+    [
+        pytest.param(
+            {"properties": {"$time": T_MS / 1000}}, T_MS, "properties.$time", id="from_time"
+        ),
+        pytest.param({"sent_at": "2024-10-01T12:36:56.789Z"}, T_MS, "sent_at", id="from_sent_at"),
+        pytest.param({}, RECEIVED_MS, "receipt", id="from_receipt"),
+    ],
+)
+def test_missing_timestamp_falls_back(
+    overrides: dict[str, Any], expected_ms: int, note: str
+) -> None:
+    (event,) = parse(bare(timestamp=None, **overrides))
+    assert event.timestamp_ms == expected_ms
+    assert any(note in n for n in event.notes)
+
+
+def test_unset_and_set_once_lifted_out_of_properties() -> None:
+    props = {"$set_once": {"a": 1}, "$unset": ["old"], "keep": 1}
+    (event,) = parse(bare(properties=props))
+    assert event.set_once == {"a": 1}
+    assert event.unset == ("old",)
+    assert event.properties == {"keep": 1}
+
+
+def test_input_mapping_is_not_mutated() -> None:
+    obj = bare(properties={"$set": {"a": 1}, "b": 2})
+    event_from_mapping(obj, person=None, received_ms=0, path="")
+    assert obj["properties"] == {"$set": {"a": 1}, "b": 2}
+
+
+# -- bad input -------------------------------------------------------------------------------
+
+NESTED = b'{"event": "e", "distinct_id": "d", "properties": {"a": ' + b"[" * 70 + b"]" * 70 + b"}}"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        pytest.param(b"\xff\xfe{}", "", "UTF-8", id="not_utf8"),
+        pytest.param(b'{"event": ', "", "malformed JSON", id="malformed_json"),
+        pytest.param(NESTED, "", "deeper than 64", id="too_deep"),
+        pytest.param(b"[" * 2000 + b"]" * 2000, "", "deeper than 64", id="deeper_than_orjson"),
+        pytest.param(b'"just a string"', "", "object or array", id="scalar_body"),
+        pytest.param(b"[]", "", "empty", id="empty_array"),
+        pytest.param(b'{"batch": []}', "batch", "empty", id="empty_batch"),
+        pytest.param(b'{"batch": {}}', "batch", "array", id="batch_not_array"),
+        pytest.param(
+            orjson.dumps({"batch": [bare(), bare(), {"event": bare(distinct_id="")}]}),
+            "batch[2].event.distinct_id",
+            "empty",
+            id="empty_distinct_id_in_batch",
+        ),
+        pytest.param(
+            orjson.dumps({"event": bare(distinct_id=None)}),
+            "event.distinct_id",
+            "missing",
+            id="missing_distinct_id",
+        ),
+        pytest.param(
+            orjson.dumps(bare(distinct_id=["x"])),
+            "distinct_id",
+            "string or a number",
+            id="distinct_id_wrong_type",
+        ),
+        pytest.param(
+            orjson.dumps(bare(distinct_id=True)), "distinct_id", "boolean", id="distinct_id_bool"
+        ),
+        pytest.param(orjson.dumps(bare(event=None)), "event", "missing", id="missing_event_name"),
+        pytest.param(orjson.dumps(bare(event=5)), "event", "string", id="event_name_not_string"),
+        pytest.param(
+            orjson.dumps([bare(), bare(properties=[1])]),
+            "[1].properties",
+            "object",
+            id="properties_not_object",
+        ),
+        pytest.param(
+            orjson.dumps(bare(properties={"$set": "x"})),
+            "properties.$set",
+            "JSON",
+            id="set_not_object",
+        ),
+        pytest.param(
+            orjson.dumps(bare(properties={"$unset": [1]})),
+            "properties.$unset[0]",
+            "string",
+            id="unset_key_not_string",
+        ),
+        pytest.param(
+            orjson.dumps({"event": bare(), "person": "someone"}),
+            "person",
+            "object",
+            id="person_not_object",
+        ),
+        pytest.param(
+            orjson.dumps({"event": bare(), "person": {"properties": 3}}),
+            "person.properties",
+            "object",
+            id="person_properties_not_object",
+        ),
+        pytest.param(
+            orjson.dumps(bare(timestamp="soon")), "timestamp", "ISO 8601", id="bad_timestamp"
+        ),
+        pytest.param(orjson.dumps(bare(uuid=7)), "uuid", "string", id="uuid_not_string"),
+        pytest.param(orjson.dumps([bare(), 3]), "[1]", "event object", id="array_item_not_object"),
+    ],
+)
+def test_bad_input_names_the_field(body: bytes, field: str, message: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_webhook_body(body, received_ms=RECEIVED_MS)
+    assert info.value.field == field
+    assert message in info.value.message
+
+
+def test_depth_limit_is_configurable() -> None:
+    assert parse(NESTED, max_depth=100)[0].event == "e"
+
+
+def test_many_brackets_but_shallow_is_fine() -> None:
+    body = {"batch": [bare(properties={f"k{i}": [{}] for i in range(50)})]}
+    assert len(parse(body)) == 1
