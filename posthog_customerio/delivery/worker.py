@@ -1,0 +1,510 @@
+"""The delivery loop: claim → send → acknowledge, retry or dead-letter (DESIGN.md §5).
+
+One claim becomes the requests of one task: its anonymous operations one per
+``POST /api/v1/events`` (in claim order), then its other operations as one
+``POST /api/v2/batch``. Up to ``max_in_flight`` such tasks run at once; every request first
+takes a token from the shared rate limiter. The queue row is the unit of truth: an operation is
+acked only after Customer.io accepted it, and anything not settled is released.
+
+Order per partition holds because the queue never gives a partition to two claims at once, and
+inside a claim a partition's later operations are never sent after an earlier one failed
+transiently: once an operation of a partition is retried, the claim's remaining operations of
+that partition are released untouched (the retry already blocks the partition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from posthog_customerio.customerio.client import (
+    ANONYMOUS_PATH,
+    BATCH_PATH,
+    TrackClient,
+    TrackResponse,
+)
+from posthog_customerio.delivery.backoff import full_jitter_backoff, is_expired
+from posthog_customerio.delivery.batch import build_batch_body, claim_max_bytes, split_halves
+from posthog_customerio.delivery.outcome import Outcome, OutcomeKind, classify
+from posthog_customerio.delivery.ratelimit import RateLimiter
+from posthog_customerio.delivery.state import DeliveryState
+from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.metrics import Metrics
+from posthog_customerio.queue.base import ClaimedOperation, Queue, Rejection
+from posthog_customerio.settings import DeliverySettings
+
+logger = logging.getLogger("posthog_customerio.delivery")
+
+WAIT_FOR_WORK_MAX_SECS = 1.0  # even with a wake-up signal, look again for ended backoffs
+RESPONSE_KEEP_BYTES = 64_000  # of a response body kept in a dead letter
+
+
+class DeliveryWorker:
+    """Delivers queued operations to Customer.io until ``stop`` is set, then drains."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        client: TrackClient,
+        limiter: RateLimiter,
+        settings: DeliverySettings,
+        metrics: Metrics,
+        state: DeliveryState,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        idle_poll_secs: float = 0.2,
+    ) -> None:
+        self._queue = queue
+        self._client = client
+        self._limiter = limiter
+        self._settings = settings
+        self._metrics = metrics
+        self._state = state
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._idle_poll_secs = idle_poll_secs
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._claimed: dict[int, ClaimedOperation] = {}  # claimed and not yet settled
+        self._paused = False  # credentials rejected: claim nothing
+        self._trial = False  # after a pause: one claim at a time until a request gets through
+        self._settled = asyncio.Event()  # a claim finished: its partitions may be claimable
+        metrics.rate_limit.set(limiter.current_rate)
+
+    # ---------------------------------------------------------------- loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; then drain within ``shutdown_grace_secs``."""
+        try:
+            await self._race_stop(self._check_credentials(initial=True), stop)
+            while not stop.is_set():
+                if self._paused:
+                    recheck = self._settings.credentials_recheck_secs
+                    await self._race_stop(asyncio.sleep(recheck), stop)
+                    if not stop.is_set():
+                        await self._race_stop(self._check_credentials(initial=False), stop)
+                    continue
+                await self._dispatch(stop)
+                if stop.is_set() or self._paused:
+                    continue
+                busy = bool(self._tasks)
+                await self._wait_for_work(stop)
+                # Linger only after idling: while busy, the next batch fills during the requests.
+                if self._settings.batch_linger_secs > 0 and not busy and not stop.is_set():
+                    await self._race_stop(asyncio.sleep(self._settings.batch_linger_secs), stop)
+        finally:
+            await self.drain(self._settings.shutdown_grace_secs)
+
+    async def drain(self, grace_secs: float) -> None:
+        """Let in-flight requests finish for up to ``grace_secs``, cancel the rest, and give
+        back every operation still claimed. Safe to call more than once."""
+        tasks = set(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_secs)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                logger.warning("shutdown grace over", extra=_ctx(cancelled_requests=len(pending)))
+        if self._claimed:
+            ids = list(self._claimed)
+            self._claimed.clear()
+            try:
+                await self._queue.release(ids)
+            except Exception:
+                logger.exception("releasing claimed operations failed", extra=_ctx(ops=len(ids)))
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        """Claim and start requests while there is work and a free in-flight slot."""
+        max_ops = self._settings.batch_max_ops
+        max_bytes = claim_max_bytes(self._settings.batch_max_bytes)
+        while not stop.is_set() and not self._paused:
+            if not await self._race_stop(self._slots.acquire(), stop):
+                return
+            if stop.is_set() or self._paused:
+                self._slots.release()
+                return
+            self._settled.clear()  # a claim settling from here on must wake the next wait
+            try:
+                ops = await self._queue.claim(max_ops, max_bytes, self._clock())
+            except Exception as exc:
+                self._slots.release()
+                logger.exception("claim failed")
+                self._state.record_error(f"queue: {type(exc).__name__}: {exc}", self._clock())
+                await self._race_stop(asyncio.sleep(self._idle_poll_secs), stop)
+                return
+            if not ops:
+                self._slots.release()
+                return
+            for op in ops:
+                self._claimed[op.id] = op
+            task = asyncio.create_task(self._run_claim(ops))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            if self._trial:
+                await self._race_stop(asyncio.shield(task), stop)
+                if self._paused:
+                    return
+                self._trial = False
+
+    async def _wait_for_work(self, stop: asyncio.Event) -> None:
+        """Until the queue signals new work (if it can), a claim settles, or a poll interval."""
+        wait_for_work = getattr(self._queue, "wait_for_work", None)
+        if wait_for_work is not None:
+            waiting: Awaitable[Any] = wait_for_work(WAIT_FOR_WORK_MAX_SECS)
+        else:
+            waiting = asyncio.sleep(self._idle_poll_secs)
+        try:
+            await self._race_stop(waiting, stop, self._settled)
+        except Exception:
+            logger.exception("waiting for work failed")
+            await self._race_stop(asyncio.sleep(self._idle_poll_secs), stop)
+
+    @staticmethod
+    async def _race_stop(aw: Awaitable[Any], *events: asyncio.Event) -> bool:
+        """Await ``aw`` unless one of ``events`` is set first (then cancel it); True if it
+        completed. Its exception, if any, propagates."""
+        fut = asyncio.ensure_future(aw)
+        waiters = [asyncio.ensure_future(event.wait()) for event in events]
+        try:
+            await asyncio.wait({fut, *waiters}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if not fut.done():
+            fut.cancel()
+            try:
+                await fut
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        if fut.cancelled():
+            return False
+        fut.result()
+        return True
+
+    # ---------------------------------------------------------------- one claim
+
+    async def _run_claim(self, ops: list[ClaimedOperation]) -> None:
+        try:
+            await self._deliver_claim(ops)
+        except Exception as exc:
+            logger.exception("delivery task failed", extra=_ctx(ops=len(ops)))
+            self._state.record_error(f"delivery: {type(exc).__name__}: {exc}", self._clock())
+            left = [op for op in ops if op.id in self._claimed]
+            if left:
+                try:
+                    await self._release(left)
+                except Exception:
+                    logger.exception("releasing after a failure failed", extra=_ctx(ops=len(left)))
+        finally:
+            self._slots.release()
+            self._settled.set()
+
+    async def _deliver_claim(self, ops: list[ClaimedOperation]) -> None:
+        send, deferred = _defer_reordering(ops)
+        if deferred:
+            await self._release(deferred)
+        blocked: set[str] = set()  # partitions retried in this claim: hold their later ops
+        for op in send:
+            if op.endpoint is Endpoint.ANONYMOUS:
+                await self._send_anonymous(op, blocked)
+        batch = [op for op in send if op.endpoint is not Endpoint.ANONYMOUS]
+        if batch:
+            await self._send_batch(batch, blocked)
+
+    async def _send_anonymous(self, op: ClaimedOperation, blocked: set[str]) -> None:
+        if self._paused or op.partition in blocked:
+            await self._release([op])
+            return
+        resp = await self._request(
+            "anonymous", lambda: self._client.post_anonymous_event(op.body_json), 1
+        )
+        outcome = self._classify(resp, 1)
+        await self._apply(outcome, resp, [op], blocked)
+
+    async def _send_batch(self, ops: list[ClaimedOperation], blocked: set[str]) -> None:
+        held = ops if self._paused else [op for op in ops if op.partition in blocked]
+        if held:
+            await self._release(held)
+            held_ids = {op.id for op in held}
+            ops = [op for op in ops if op.id not in held_ids]
+        if not ops:
+            return
+        body = build_batch_body(ops)
+        if len(ops) > 1 and len(body) > self._settings.batch_max_bytes:
+            for half in split_halves(ops):  # the item separators pushed it over
+                await self._send_batch(half, blocked)
+            return
+        self._metrics.batch_operations.observe(len(ops))
+        resp = await self._request("batch", lambda: self._client.post_batch(body), len(ops))
+        outcome = self._classify(resp, len(ops))
+        if outcome.kind is OutcomeKind.SPLIT:
+            self._after_answer(outcome)
+            logger.info(
+                "batch refused, splitting",
+                extra=_ctx(ops=len(ops), status=resp.status, detail=outcome.detail),
+            )
+            for half in split_halves(ops):  # sequentially, so each partition keeps its order
+                await self._send_batch(half, blocked)
+            return
+        await self._apply(outcome, resp, ops, blocked)
+
+    async def _request(
+        self, endpoint: str, send: Callable[[], Awaitable[TrackResponse]], ops: int
+    ) -> TrackResponse:
+        await self._limiter.acquire()
+        resp = await send()
+        label = str(resp.status) if resp.status is not None else _error_label(resp.error)
+        self._metrics.requests.labels(endpoint, label).inc()
+        self._metrics.request_duration.labels(endpoint).observe(resp.elapsed_secs)
+        self._state.record_request(
+            at=self._clock(),
+            endpoint=endpoint,
+            status=resp.status,
+            ops=ops,
+            elapsed_secs=resp.elapsed_secs,
+            body=resp.body,
+            error=resp.error,
+        )
+        return resp
+
+    def _classify(self, resp: TrackResponse, item_count: int) -> Outcome:
+        return classify(
+            resp,
+            item_count=item_count,
+            now=self._clock(),
+            retry_after_max_secs=self._settings.retry_after_max_secs,
+        )
+
+    # ---------------------------------------------------------------- outcomes
+
+    async def _apply(
+        self,
+        outcome: Outcome,
+        resp: TrackResponse,
+        ops: list[ClaimedOperation],
+        blocked: set[str],
+    ) -> None:
+        self._after_answer(outcome)
+        kind = outcome.kind
+        if kind is OutcomeKind.DELIVERED:
+            await self._ack(ops)
+        elif kind is OutcomeKind.PARTIAL:
+            bad = [(ops[i], detail) for i, detail in sorted(outcome.failed.items())]
+            await self._dead_letter(
+                [self._rejection(op, "rejected", detail, resp) for op, detail in bad]
+            )
+            bad_ids = {op.id for op, _ in bad}
+            await self._ack([op for op in ops if op.id not in bad_ids])
+        elif kind is OutcomeKind.AUTH:
+            await self._release(ops)
+            self._pause(outcome.detail)
+        elif kind is OutcomeKind.RETRY:
+            await self._retry(ops, outcome, resp, blocked)
+        else:  # REJECTED, or SPLIT of something that cannot be split
+            self._record_error(resp.endpoint, outcome)
+            logger.warning(
+                "rejected by Customer.io",
+                extra=_ctx(endpoint=resp.endpoint, ops=len(ops), detail=outcome.detail),
+            )
+            await self._dead_letter(
+                [self._rejection(op, "rejected", outcome.detail, resp) for op in ops]
+            )
+
+    def _after_answer(self, outcome: Outcome) -> None:
+        """Feed the limiter (AIMD) and the credentials state from any answer."""
+        if outcome.throttled:
+            self._limiter.on_throttled()
+        elif outcome.kind is not OutcomeKind.RETRY and outcome.kind is not OutcomeKind.AUTH:
+            self._limiter.on_success()
+        self._metrics.rate_limit.set(self._limiter.current_rate)
+        if outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PARTIAL, OutcomeKind.SPLIT):
+            self._credentials_ok()
+
+    async def _retry(
+        self,
+        ops: list[ClaimedOperation],
+        outcome: Outcome,
+        resp: TrackResponse,
+        blocked: set[str],
+    ) -> None:
+        now = self._clock()
+        max_age = self._settings.max_event_age_secs
+        live: list[ClaimedOperation] = []
+        expired: list[Rejection] = []
+        detail = f"not accepted within max_event_age_secs={max_age:g}; last: {outcome.detail}"
+        for op in ops:
+            if is_expired(op.enqueued_at, now, max_age):
+                expired.append(self._rejection(op, "expired", detail, resp))
+            else:
+                live.append(op)
+        await self._dead_letter(expired)
+        self._record_error(resp.endpoint, outcome)
+        if not live:
+            return
+        backoff = full_jitter_backoff(
+            max(op.attempts for op in live),
+            self._settings.retry_initial_backoff_secs,
+            self._settings.retry_max_backoff_secs,
+            self._rng,
+        )
+        delay = max(outcome.retry_after or 0.0, backoff)
+        await self._queue.retry([op.id for op in live], now + delay, outcome.detail)
+        self._forget(live)
+        blocked.update(op.partition for op in live)
+        self._metrics.operations_retried.labels(outcome.reason).inc(len(live))
+        self._state.retried += len(live)
+        logger.warning(
+            "request failed, will retry",
+            extra=_ctx(
+                endpoint=resp.endpoint,
+                status=resp.status,
+                reason=outcome.reason,
+                ops=len(live),
+                delay_secs=round(delay, 3),
+                detail=outcome.detail,
+            ),
+        )
+
+    def _pause(self, detail: str) -> None:
+        """Credentials refused: stop claiming, keep everything, re-check periodically."""
+        was_rejected = self._state.credentials == "rejected"
+        self._paused = True
+        self._trial = False
+        now = self._clock()
+        self._state.credentials = "rejected"
+        self._state.paused_until = now + self._settings.credentials_recheck_secs
+        self._state.record_error(f"credentials rejected: {detail}", now)
+        self._metrics.credentials_ok.set(0)
+        if not was_rejected:
+            logger.error(
+                "Customer.io rejected the credentials; delivery paused, nothing is dropped",
+                extra=_ctx(
+                    detail=detail,
+                    recheck_secs=self._settings.credentials_recheck_secs,
+                ),
+            )
+
+    def _credentials_ok(self) -> None:
+        if self._state.credentials == "rejected":
+            logger.warning("Customer.io accepts the credentials again; delivery resumed")
+        self._state.credentials = "ok"
+        self._state.paused_until = None
+        self._metrics.credentials_ok.set(1)
+
+    async def _check_credentials(self, *, initial: bool) -> None:
+        """``GET /api/v1/accounts/region``. On start-up it only sets the state; while paused,
+        anything but a refusal lets one real claim through to decide."""
+        resp = await self._request("region", self._client.get_region, 0)
+        outcome = self._classify(resp, 1)
+        if outcome.kind is OutcomeKind.AUTH:
+            self._pause(outcome.detail)
+            return
+        if outcome.kind is OutcomeKind.DELIVERED:
+            self._credentials_ok()
+        elif initial:
+            logger.warning(
+                "could not check the credentials",
+                extra=_ctx(status=resp.status, detail=outcome.detail),
+            )
+        if not initial:
+            self._paused = False
+            self._trial = True
+            self._state.paused_until = None
+
+    def _record_error(self, endpoint: str, outcome: Outcome) -> None:
+        self._state.record_error(f"{endpoint}: {outcome.detail}", self._clock())
+
+    # ---------------------------------------------------------------- queue calls
+
+    async def _ack(self, ops: Sequence[ClaimedOperation]) -> None:
+        if not ops:
+            return
+        await self._queue.ack([op.id for op in ops])
+        self._forget(ops)
+        now = self._clock()
+        for op in ops:
+            self._metrics.operations_delivered.labels(op.action).inc()
+            self._metrics.delivery_latency.observe(max(now - op.enqueued_at, 0.0))
+        self._state.delivered += len(ops)
+
+    async def _dead_letter(self, rejections: list[Rejection]) -> None:
+        if not rejections:
+            return
+        await self._queue.dead_letter(rejections)
+        for rejection in rejections:
+            self._claimed.pop(rejection.op_id, None)
+            self._metrics.operations_dead_lettered.labels(rejection.reason).inc()
+        self._state.dead_lettered += len(rejections)
+
+    async def _release(self, ops: Sequence[ClaimedOperation]) -> None:
+        if not ops:
+            return
+        await self._queue.release([op.id for op in ops])
+        self._forget(ops)
+
+    def _forget(self, ops: Sequence[ClaimedOperation]) -> None:
+        for op in ops:
+            self._claimed.pop(op.id, None)
+
+    def _rejection(
+        self, op: ClaimedOperation, reason: str, detail: str, resp: TrackResponse
+    ) -> Rejection:
+        if op.endpoint is Endpoint.ANONYMOUS:
+            request = self._client.redacted_request("POST", ANONYMOUS_PATH, op.body_json)
+        else:  # the request that carries this operation alone
+            request = self._client.redacted_request("POST", BATCH_PATH, build_batch_body([op]))
+        if resp.error is not None:
+            response = resp.error
+        else:
+            response = resp.body[:RESPONSE_KEEP_BYTES].decode("utf-8", errors="replace")
+        return Rejection(
+            op_id=op.id,
+            reason=reason,
+            detail=detail,
+            request=request,
+            response=response,
+            status=resp.status,
+        )
+
+
+def _defer_reordering(
+    ops: list[ClaimedOperation],
+) -> tuple[list[ClaimedOperation], list[ClaimedOperation]]:
+    """Split a claim into what can be sent now and what must wait for the next claim.
+
+    Anonymous events go out before the batch, so a partition's anonymous operation that comes
+    after one of its batch operations would overtake it; that one and the rest of its
+    partition are deferred (released, and claimed again once this claim is settled).
+    """
+    send: list[ClaimedOperation] = []
+    deferred: list[ClaimedOperation] = []
+    with_batch: set[str] = set()
+    cut: set[str] = set()
+    for op in ops:
+        if op.partition in cut or (
+            op.endpoint is Endpoint.ANONYMOUS and op.partition in with_batch
+        ):
+            cut.add(op.partition)
+            deferred.append(op)
+            continue
+        if op.endpoint is not Endpoint.ANONYMOUS:
+            with_batch.add(op.partition)
+        send.append(op)
+    return send, deferred
+
+
+def _ctx(**context: Any) -> dict[str, Any]:
+    """Log context, rendered as key=value (or JSON fields) by ``posthog_customerio.logs``."""
+    return {"ctx": context}
+
+
+def _error_label(error: str | None) -> str:
+    return (error or "error").split(":", 1)[0]

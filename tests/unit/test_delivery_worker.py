@@ -1,0 +1,606 @@
+"""DeliveryWorker end to end against an in-memory queue and a scripted Customer.io.
+
+The fake queue keeps the protocol's promises that delivery relies on: claims in id order,
+one claim per partition at a time, retry blocks the partition until ``not_before``. The fake
+Customer.io is an ``httpx.MockTransport`` handler that records what it accepted, so the
+assertions are about outcomes (what was delivered, in which order, what was dead-lettered),
+never about how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from posthog_customerio.customerio.client import TrackClient
+from posthog_customerio.delivery.ratelimit import RateLimiter
+from posthog_customerio.delivery.state import DeliveryState
+from posthog_customerio.delivery.worker import DeliveryWorker
+from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.metrics import Metrics
+from posthog_customerio.queue.base import ClaimedOperation, Rejection
+from posthog_customerio.settings import DeliverySettings
+
+SITE_ID = "site-1"
+API_KEY = "do-not-leak-this-key"
+BASE = "https://track.test"
+
+FAST = DeliverySettings(
+    batch_linger_secs=0,
+    retry_initial_backoff_secs=0.001,
+    retry_max_backoff_secs=0.005,
+    retry_after_max_secs=0.05,
+    credentials_recheck_secs=0.01,
+    shutdown_grace_secs=1,
+)
+
+
+# ------------------------------------------------------------------ fake queue
+
+
+@dataclass
+class Row:
+    op: ClaimedOperation
+    claimed: bool = False
+
+
+@dataclass
+class FakeQueue:
+    """In-memory queue with per-partition exclusivity and per-partition backoff."""
+
+    rows: dict[int, Row] = field(default_factory=dict)
+    blocked_until: dict[str, float] = field(default_factory=dict)
+    acked: list[int] = field(default_factory=list)
+    dead: list[Rejection] = field(default_factory=list)
+    retries: list[tuple[list[int], float, str]] = field(default_factory=list)
+    released: list[int] = field(default_factory=list)
+    claims: int = 0
+    next_id: int = 1
+
+    def add(
+        self,
+        partition: str,
+        body: dict[str, Any],
+        *,
+        endpoint: Endpoint = Endpoint.BATCH,
+        action: str = "event",
+        enqueued_at: float | None = None,
+    ) -> int:
+        op_id = self.next_id
+        self.next_id += 1
+        when = time.time() if enqueued_at is None else enqueued_at
+        self.rows[op_id] = Row(
+            ClaimedOperation(
+                op_id, partition, endpoint, action, orjson.dumps(body), 0, when, f"uuid-{op_id}"
+            )
+        )
+        return op_id
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+    async def claim(self, max_ops: int, max_bytes: int, now: float) -> list[ClaimedOperation]:
+        self.claims += 1
+        busy = {r.op.partition for r in self.rows.values() if r.claimed}
+        out: list[ClaimedOperation] = []
+        size = 0
+        for op_id in sorted(self.rows):
+            row = self.rows[op_id]
+            p = row.op.partition
+            if row.claimed or p in busy or self.blocked_until.get(p, 0) > now:
+                continue
+            if len(out) >= max_ops or (out and size + len(row.op.body_json) > max_bytes):
+                break
+            row.claimed = True
+            size += len(row.op.body_json)
+            out.append(row.op)
+        return out
+
+    def _claimed(self, op_ids: Sequence[int]) -> list[Row]:
+        rows = [self.rows[i] for i in op_ids]
+        assert all(r.claimed for r in rows), "settled an operation that was not claimed"
+        return rows
+
+    async def ack(self, op_ids: Sequence[int]) -> None:
+        self._claimed(op_ids)
+        for i in op_ids:
+            del self.rows[i]
+        self.acked.extend(op_ids)
+
+    async def retry(self, op_ids: Sequence[int], not_before: float, error: str) -> None:
+        for row in self._claimed(op_ids):
+            row.claimed = False
+            row.op = replace(row.op, attempts=row.op.attempts + 1)
+            p = row.op.partition
+            self.blocked_until[p] = max(self.blocked_until.get(p, 0), not_before)
+        self.retries.append((list(op_ids), not_before, error))
+
+    async def release(self, op_ids: Sequence[int]) -> None:
+        for i in op_ids:
+            if i in self.rows:  # tolerant, like the real queues: a settled id is ignored
+                self.rows[i].claimed = False
+        self.released.extend(op_ids)
+
+    async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
+        self._claimed([r.op_id for r in rejections])
+        for r in rejections:
+            del self.rows[r.op_id]
+        self.dead.extend(rejections)
+
+
+# ------------------------------------------------------------------ fake Customer.io
+
+
+def item(partition: str, seq: int, *, bad: bool = False) -> dict[str, Any]:
+    return {
+        "type": "person",
+        "action": "event",
+        "identifiers": {"id": partition},
+        "name": "e",
+        "attributes": {"seq": seq, "bad": bad},
+    }
+
+
+def anon(partition: str, seq: int) -> dict[str, Any]:
+    return {"name": "e", "anonymous_id": partition, "data": {"seq": seq, "bad": False}}
+
+
+@dataclass
+class Request:
+    path: str
+    items: list[dict[str, Any]]
+    at: float
+
+
+Responder = Callable[[Request], httpx.Response | Awaitable[httpx.Response]]
+
+
+@dataclass
+class FakeCustomerIO:
+    """Records every request; ``accepted`` gets the items a response accepted."""
+
+    respond: Responder
+    requests: list[Request] = field(default_factory=list)
+    accepted: list[tuple[str, int]] = field(default_factory=list)  # (partition, seq)
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        assert request.headers["Authorization"].startswith("Basic ")
+        path = request.url.path
+        items: list[dict[str, Any]] = []
+        if path == "/api/v2/batch":
+            items = orjson.loads(request.content)["batch"]
+        elif path == "/api/v1/events":
+            items = [orjson.loads(request.content)]
+        req = Request(path, items, time.time())
+        self.requests.append(req)
+        result = self.respond(req)
+        response = result if isinstance(result, httpx.Response) else await result
+        if response.status_code == 200:
+            failed: set[int] = set()
+        elif response.status_code == 207:
+            failed = {e["batch_index"] for e in orjson.loads(response.content)["errors"]}
+        else:
+            failed = set(range(len(items)))
+        for i, it in enumerate(items):
+            if i not in failed:
+                self.accepted.append(key(it))
+        return response
+
+
+def key(it: dict[str, Any]) -> tuple[str, int]:
+    if "anonymous_id" in it:
+        return it["anonymous_id"], it["data"]["seq"]
+    return it["identifiers"]["id"], it["attributes"]["seq"]
+
+
+def ok(_: Request) -> httpx.Response:
+    return httpx.Response(200, json={})
+
+
+def region_ok(respond: Responder) -> Responder:
+    """Answer the credentials check with 200 and the rest with ``respond``."""
+
+    def handler(req: Request) -> httpx.Response | Awaitable[httpx.Response]:
+        if req.path == "/api/v1/accounts/region":
+            return httpx.Response(200, json={"region": "us"})
+        return respond(req)
+
+    return handler
+
+
+# ------------------------------------------------------------------ harness
+
+
+@dataclass
+class Run:
+    queue: FakeQueue
+    cio: FakeCustomerIO
+    state: DeliveryState
+    metrics: Metrics
+    limiter: RateLimiter
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(f"posthog_customerio_{name}", labels)
+        return value or 0.0
+
+
+def drive(
+    queue: FakeQueue,
+    respond: Responder,
+    *,
+    settings: DeliverySettings = FAST,
+    until: Callable[[Run], bool] | None = None,
+    state: DeliveryState | None = None,
+) -> Run:
+    """Run a worker until ``until`` holds (default: the queue is empty), then stop it."""
+    cio = FakeCustomerIO(respond)
+    run = Run(queue, cio, state or DeliveryState(), Metrics(), RateLimiter(10_000))
+    done = until or (lambda r: r.queue.empty)
+
+    async def go() -> None:
+        client = TrackClient(
+            BASE, SITE_ID, API_KEY, timeout_secs=5, transport=httpx.MockTransport(cio)
+        )
+        worker = DeliveryWorker(
+            queue,  # type: ignore[arg-type]  # implements what delivery uses of Queue
+            client,
+            run.limiter,
+            settings,
+            run.metrics,
+            run.state,
+            rng=random.Random(3),
+            idle_poll_secs=0.002,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            async with asyncio.timeout(20):  # a hang guard, not a timing assertion
+                while not done(run):
+                    if task.done():
+                        task.result()
+                        raise AssertionError("worker stopped on its own")
+                    await asyncio.sleep(0.002)
+        finally:
+            stop.set()
+            await task
+            await client.aclose()
+
+    asyncio.run(go())
+    assert not any(r.claimed for r in queue.rows.values()), "claims left after stop"
+    return run
+
+
+def batch_requests(run: Run) -> list[Request]:
+    return [r for r in run.cio.requests if r.path == "/api/v2/batch"]
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_200_acks_everything_and_sends_anonymous_events_first() -> None:
+    q = FakeQueue()
+    ids = [
+        q.add("alice", item("alice", 1)),
+        q.add("anon-1", anon("anon-1", 1), endpoint=Endpoint.ANONYMOUS),
+        q.add("bob", item("bob", 1), action="identify"),
+        q.add("alice", item("alice", 2)),
+    ]
+    run = drive(q, region_ok(ok))
+    assert sorted(q.acked) == ids
+    assert q.dead == [] and q.retries == []
+    paths = [r.path for r in run.cio.requests]
+    assert paths == ["/api/v1/accounts/region", "/api/v1/events", "/api/v2/batch"]
+    assert [key(i) for i in batch_requests(run)[0].items] == [
+        ("alice", 1),
+        ("bob", 1),
+        ("alice", 2),
+    ]
+    assert run.state.delivered == 4 and run.state.credentials == "ok"
+    assert run.metric("operations_delivered_total", action="event") == 3
+    assert run.metric("operations_delivered_total", action="identify") == 1
+    assert run.metric("requests_total", endpoint="batch", status="200") == 1
+    assert run.metric("delivery_latency_seconds_count") == 4
+    assert run.metric("credentials_ok") == 1
+    assert [r.endpoint for r in run.state.recent] == ["region", "anonymous", "batch"]
+
+
+def test_207_dead_letters_exactly_the_listed_indices() -> None:
+    q = FakeQueue()
+    ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(5)]
+    errors = {
+        "errors": [
+            {"batch_index": 1, "reason": "invalid", "field": "name", "message": "too long"},
+            {"batch_index": 3, "reason": "required", "field": "identifiers", "message": "x"},
+            {"batch_index": 99, "reason": "ignored"},
+        ]
+    }
+
+    def respond(req: Request) -> httpx.Response:
+        return httpx.Response(207, json=errors)
+
+    run = drive(q, region_ok(respond))
+    assert sorted(q.acked) == [ids[0], ids[2], ids[4]]
+    by_op = {r.op_id: r for r in q.dead}
+    assert sorted(by_op) == [ids[1], ids[3]]
+    assert by_op[ids[1]].reason == "rejected"
+    assert by_op[ids[1]].detail == "invalid name: too long"
+    assert by_op[ids[3]].detail == "required identifiers: x"
+    assert by_op[ids[1]].status == 207
+    assert '"seq":1' in by_op[ids[1]].request  # the item itself, as a one-item batch
+    assert '"seq":3' not in by_op[ids[1]].request
+    assert "batch_index" in by_op[ids[1]].response
+    for r in q.dead:
+        assert API_KEY not in r.request + r.response + r.detail
+    assert run.metric("operations_dead_lettered_total", reason="rejected") == 2
+    assert run.state.dead_lettered == 2 and run.state.delivered == 3
+
+
+def test_400_on_a_batch_of_8_isolates_exactly_the_bad_item() -> None:
+    q = FakeQueue()
+    ids = [q.add(f"p{i}", item(f"p{i}", i, bad=i == 5)) for i in range(8)]
+
+    def respond(req: Request) -> httpx.Response:
+        if any(i["attributes"]["bad"] for i in req.items):
+            return httpx.Response(
+                400,
+                json={"errors": [{"reason": "invalid", "field": "x", "message": "bad item"}]},
+            )
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond))
+    assert [r.op_id for r in q.dead] == [ids[5]]
+    assert q.dead[0].reason == "rejected"
+    assert q.dead[0].detail == "HTTP 400: invalid x: bad item"
+    assert sorted(q.acked) == [i for i in ids if i != ids[5]]
+    assert sorted(run.cio.accepted) == sorted((f"p{i}", i) for i in range(8) if i != 5)
+    assert len(run.cio.accepted) == 7  # nothing sent twice
+    sizes = [len(r.items) for r in batch_requests(run)]
+    assert sizes == [8, 4, 4, 2, 1, 1, 2]  # halves, in order, down to the bad item alone
+    assert q.retries == []
+
+
+def test_413_splits_and_a_single_oversized_item_is_rejected() -> None:
+    q = FakeQueue()
+    ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(4)]
+
+    def respond(req: Request) -> httpx.Response:
+        if any(i["attributes"]["seq"] == 2 for i in req.items):
+            return httpx.Response(413, content=b"Request Entity Too Large")
+        return httpx.Response(200, json={})
+
+    drive(q, region_ok(respond))
+    assert [r.op_id for r in q.dead] == [ids[2]]
+    assert "413" in q.dead[0].detail
+
+
+def test_429_with_retry_after_retries_later_then_delivers() -> None:
+    q = FakeQueue()
+    ids = [q.add("alice", item("alice", 1)), q.add("bob", item("bob", 1))]
+    throttled_at: list[float] = []
+
+    def respond(req: Request) -> httpx.Response:
+        if not throttled_at:
+            throttled_at.append(req.at)
+            return httpx.Response(429, headers={"Retry-After": "30"}, content=b"slow down")
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond))
+    assert sorted(q.acked) == ids
+    (retried_ids, not_before, error) = q.retries[0]
+    assert sorted(retried_ids) == ids
+    # Retry-After 30 s is capped by retry_after_max_secs (0.05) and beats the tiny backoff
+    assert not_before >= throttled_at[0] + FAST.retry_after_max_secs
+    assert "HTTP 429" in error
+    assert run.metric("operations_retried_total", reason="throttled") == 2
+    assert run.limiter.current_rate < run.limiter.max_rate  # AIMD halved it
+    assert q.dead == []
+
+
+def test_401_pauses_without_dropping_and_resumes_when_the_region_check_passes() -> None:
+    q = FakeQueue()
+    ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(3)]
+    seen_state: list[str] = []
+    region_calls = 0
+
+    def respond(req: Request) -> httpx.Response:
+        nonlocal region_calls
+        if req.path == "/api/v1/accounts/region":
+            region_calls += 1
+            # 1: start-up check passes; 2: still refused; 3: fixed
+            if region_calls == 2:
+                seen_state.append(run_state.credentials)
+                return httpx.Response(401, content=b"Unauthorized")
+            return httpx.Response(200, json={"region": "us"})
+        if region_calls < 3:
+            return httpx.Response(401, content=b"Unauthorized")
+        return httpx.Response(200, json={})
+
+    run_state = DeliveryState()  # the handler looks at what the worker reports
+    run = drive(q, respond, state=run_state)
+
+    assert sorted(q.acked) == ids
+    assert q.dead == [] and q.retries == []  # nothing dropped, no attempt counted
+    assert set(q.released) == set(ids)
+    assert seen_state == ["rejected"]
+    assert run.state.credentials == "ok" and run.state.paused_until is None
+    assert "credentials rejected" in run.state.last_error
+    assert run.metric("credentials_ok") == 1
+    assert region_calls == 3
+
+
+def test_401_at_start_up_pauses_before_claiming() -> None:
+    q = FakeQueue()
+    q.add("p", item("p", 1))
+    calls: list[str] = []
+
+    def respond(req: Request) -> httpx.Response:
+        calls.append(req.path)
+        if calls.count("/api/v1/accounts/region") < 3:
+            return httpx.Response(401, content=b"Unauthorized")
+        return httpx.Response(200, json={})
+
+    run = drive(q, respond)
+    assert calls[:3] == ["/api/v1/accounts/region"] * 3
+    assert q.claims >= 1 and q.acked == [1] and q.released == []
+    assert run.state.credentials == "ok"
+
+
+def test_expired_operations_are_dead_lettered_and_fresh_ones_retried() -> None:
+    q = FakeQueue()
+    old = q.add("old", item("old", 1), enqueued_at=time.time() - 10_000)
+    fresh = q.add("fresh", item("fresh", 1))
+    settings = FAST.model_copy(update={"max_event_age_secs": 3600})
+    answered: list[int] = []
+
+    def respond(req: Request) -> httpx.Response:
+        answered.append(1)
+        if len(answered) == 1:
+            return httpx.Response(503, content=b"unavailable")
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond), settings=settings)
+    assert [(r.op_id, r.reason) for r in q.dead] == [(old, "expired")]
+    assert "max_event_age_secs=3600" in q.dead[0].detail and "HTTP 503" in q.dead[0].detail
+    assert q.retries[0][0] == [fresh]
+    assert q.acked == [fresh]
+    assert run.metric("operations_dead_lettered_total", reason="expired") == 1
+    assert run.metric("operations_retried_total", reason="server_error") == 1
+
+
+def test_network_errors_are_retried() -> None:
+    q = FakeQueue()
+    q.add("p", item("p", 1))
+    failures: list[int] = []
+
+    def respond(req: Request) -> httpx.Response:
+        if len(failures) < 2:
+            failures.append(1)
+            raise httpx.ReadTimeout("slow")
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond))
+    assert q.acked == [1]
+    assert run.metric("operations_retried_total", reason="timeout") == 2
+    assert run.metric("requests_total", endpoint="batch", status="timeout") == 2
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_per_partition_order_is_kept_across_retries_splits_and_concurrency(seed: int) -> None:
+    q = FakeQueue()
+    partitions = [f"p{i}" for i in range(6)]
+    rng = random.Random(seed)
+    for seq in range(12):
+        for p in partitions:
+            if rng.random() < 0.15:
+                q.add(p, anon(p, seq), endpoint=Endpoint.ANONYMOUS)
+            else:
+                q.add(p, item(p, seq, bad=seq == 7 and p == "p2"))
+    total = len(q.rows)
+    flaky = random.Random(seed)
+
+    async def respond(req: Request) -> httpx.Response:
+        await asyncio.sleep(0)  # let other requests interleave
+        if req.path == "/api/v1/accounts/region":
+            return httpx.Response(200, json={})
+        roll = flaky.random()
+        if roll < 0.3:
+            return httpx.Response(503, content=b"try again")
+        if roll < 0.4:
+            raise httpx.ConnectError("refused")
+        if any(i.get("attributes", {}).get("bad") for i in req.items):
+            return httpx.Response(400, json={"errors": [{"reason": "bad"}]})
+        return httpx.Response(200, json={})
+
+    settings = FAST.model_copy(update={"batch_max_ops": 5, "max_in_flight": 4})
+    run = drive(q, respond, settings=settings)
+    assert [key(orjson.loads(r.request.split("\n\n", 1)[1])["batch"][0]) for r in q.dead] == [
+        ("p2", 7)
+    ]
+    assert len(run.cio.accepted) == total - 1  # each accepted exactly once
+    assert len(set(run.cio.accepted)) == total - 1
+    for p in partitions:
+        seqs = [s for (part, s) in run.cio.accepted if part == p]
+        assert seqs == sorted(seqs), f"partition {p} delivered out of order: {seqs}"
+    assert q.retries, "the script should have caused retries"
+
+
+def test_a_retry_inside_a_split_holds_back_the_rest_of_that_partition() -> None:
+    q = FakeQueue()
+    q.add("p", item("p", 1))
+    q.add("q", item("q", 1, bad=True))
+    q.add("p", item("p", 2))
+    p1_failures: list[int] = []
+
+    def respond(req: Request) -> httpx.Response:
+        keys = [key(i) for i in req.items]
+        if keys == [("p", 1)] and not p1_failures:
+            p1_failures.append(1)
+            return httpx.Response(503, content=b"busy")
+        if any(i["attributes"]["bad"] for i in req.items):
+            return httpx.Response(400, json={"errors": [{"reason": "bad"}]})
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond))
+    # [p1, q1, p2] → 400 → [p1] 503 (retry) and [q1, p2]: p2 must wait for p1
+    assert [s for (p, s) in run.cio.accepted if p == "p"] == [1, 2]
+    assert [key(i) for i in batch_requests(run)[2].items] == [("q", 1)]
+    assert [r.op_id for r in q.dead] == [2]
+
+
+def test_a_failed_anonymous_event_holds_back_its_partitions_batch_items() -> None:
+    q = FakeQueue()
+    q.add("p", anon("p", 1), endpoint=Endpoint.ANONYMOUS)
+    q.add("p", item("p", 2))
+    q.add("other", item("other", 1))
+    anon_failures: list[int] = []
+
+    def respond(req: Request) -> httpx.Response:
+        if req.path == "/api/v1/events" and not anon_failures:
+            anon_failures.append(1)
+            return httpx.Response(500, content=b"oops")
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond))
+    assert [s for (p, s) in run.cio.accepted if p == "p"] == [1, 2]
+    assert [key(i) for i in batch_requests(run)[0].items] == [("other", 1)]
+
+
+def test_a_partition_mixing_batch_and_anonymous_ops_keeps_its_order() -> None:
+    q = FakeQueue()
+    q.add("p", item("p", 1))
+    q.add("p", anon("p", 2), endpoint=Endpoint.ANONYMOUS)
+    q.add("p", item("p", 3))
+    q.add("other", anon("other", 1), endpoint=Endpoint.ANONYMOUS)
+    run = drive(q, region_ok(ok))
+    assert [s for (p, s) in run.cio.accepted if p == "p"] == [1, 2, 3]
+    assert q.dead == [] and q.retries == []
+
+
+def test_stop_releases_what_is_still_in_flight_after_the_grace_period() -> None:
+    q = FakeQueue()
+    ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(3)]
+    never = asyncio.Event()
+
+    async def hang(req: Request) -> httpx.Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    settings = FAST.model_copy(update={"shutdown_grace_secs": 0.01})
+    run = drive(
+        q,
+        region_ok(hang),
+        settings=settings,
+        until=lambda r: any(x.path == "/api/v2/batch" for x in r.cio.requests),
+    )
+    assert sorted(q.released) == ids
+    assert sorted(q.rows) == ids and q.acked == [] and q.dead == []
+    assert run.state.delivered == 0
