@@ -1,0 +1,794 @@
+"""The embedded queue: one SQLite file, one writer thread, group commit.
+
+Why one thread: a sqlite3 connection is cheap to use from the thread that owns it and SQLite
+has one writer anyway. Async callers hand that thread a job (a function of the connection) and
+await a future. Why group commit: with ``synchronous=FULL`` every COMMIT is an fsync, so the
+thread takes every job already waiting, runs them in one transaction (a SAVEPOINT each, so one
+job's failure fails only its caller) and commits once; many concurrent webhooks share an fsync.
+
+Claiming stays cheap at millions of rows because ``partitions`` keeps, per partition, its state
+(ready, in flight, blocked) and its first operation id: a claim merges the ready partitions in
+head order through a partial index and never reads operations of busy partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import heapq
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import orjson
+
+from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.queue import sqlite_queries as q
+from posthog_customerio.queue.base import (
+    ClaimedOperation,
+    DeadLetter,
+    IngestResult,
+    Mapper,
+    QueueStats,
+    Rejection,
+)
+from posthog_customerio.queue.codec import decode_state, encode_state
+from posthog_customerio.sources.event import PostHogEvent
+
+__all__ = ["SQLiteQueue", "apply_migrations", "migrations"]
+
+T = TypeVar("T")
+
+GROUP_COMMIT_MAX_JOBS = 512
+PRUNE_CHUNK_ROWS = 10_000
+DEFAULT_BUSY_TIMEOUT_MS = 5_000
+CHECKPOINT_INTERVAL_SECS = 1.0
+# The writer checkpoints itself only past this many WAL pages (~400 MiB): a backstop in case
+# the checkpointer thread cannot keep up. Normally it never does, so commits never stall.
+WRITER_AUTOCHECKPOINT_PAGES = 100_000
+
+# Primary result codes meaning "the store cannot take this now", not "the code is wrong":
+# BUSY, LOCKED, NOMEM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_UNAVAILABLE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """sqlite3 errors that mean "try later" become QueueUnavailable; bugs stay themselves."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code is not None and (code & 0xFF) in _UNAVAILABLE_CODES:
+            err = QueueUnavailable(f"sqlite: {exc}")
+            err.__cause__ = exc
+            return err
+    return exc
+
+
+# --- migrations ----------------------------------------------------------------------------
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of ``sql/sqlite/NNNN_*.sql``, in order, numbered 1..n."""
+    root = resources.files("posthog_customerio.queue").joinpath("sql", "sqlite")
+    found = sorted(
+        (int(entry.name[:4]), entry.name, entry.read_text(encoding="utf-8"))
+        for entry in root.iterdir()
+        if entry.name.endswith(".sql") and entry.name[:4].isdigit()
+    )
+    if [version for version, _, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"sqlite migrations are not numbered 1..n: {[n for _, n, _ in found]}")
+    return found
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements; sqlite3.complete_statement understands triggers."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+    if any(ln.strip() and not ln.strip().startswith("--") for ln in buffer.splitlines()):
+        raise ValueError(f"migration ends with an incomplete statement: {buffer.strip()[:80]!r}")
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Apply the pending migrations in one IMMEDIATE transaction; returns the versions applied.
+
+    The version is read inside the write transaction, so two processes starting at once
+    cannot both apply the same migration.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(q.CREATE_SCHEMA_VERSION)
+        current = int(conn.execute(q.CURRENT_SCHEMA_VERSION).fetchone()[0])
+        applied = []
+        for version, name, script in migrations():
+            if version <= current:
+                continue
+            for statement in _statements(script):
+                conn.execute(statement)
+            conn.execute(q.RECORD_SCHEMA_VERSION, (version, name, time.time()))
+            applied.append(version)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return applied
+
+
+def _schema_version(conn: sqlite3.Connection) -> int:
+    if conn.execute(q.SCHEMA_VERSION_EXISTS).fetchone() is None:
+        return 0
+    return int(conn.execute(q.CURRENT_SCHEMA_VERSION).fetchone()[0])
+
+
+def _setup(path: Path, owner: bool, busy_timeout_ms: int) -> sqlite3.Connection:
+    """Runs in the writer thread: connect, migrate (owner only), recover claims (owner only).
+
+    A non-owner (a CLI command beside a live server) never creates, migrates or resets: it
+    requires the file to exist at the schema version this code knows.
+    """
+    try:
+        if owner:
+            conn = sqlite3.connect(path, isolation_level=None, cached_statements=256)
+        else:
+            uri = f"{path.resolve().as_uri()}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, cached_statements=256)
+    except sqlite3.Error as exc:
+        raise QueueUnavailable(f"cannot open the queue at {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if owner:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute("PRAGMA cache_size = -32768")  # 32 MiB: the hot index pages of a backlog
+        conn.execute("PRAGMA journal_size_limit = 67108864")
+        if owner:
+            apply_migrations(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(q.RESET_CLAIMED_OPERATIONS)
+            conn.execute(q.RESET_CLAIMED_PARTITIONS)
+            conn.execute("COMMIT")
+        else:
+            have, want = _schema_version(conn), len(migrations())
+            if have != want:
+                raise QueueUnavailable(
+                    f"the queue at {path} has schema version {have}, this version needs {want}; "
+                    "start `serve` once to migrate it"
+                )
+    except BaseException as exc:
+        conn.close()
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+    return conn
+
+
+# --- the writer thread ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Job(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[T]
+    write: bool
+    # Called in the loop thread with the result when the caller was cancelled meanwhile, so a
+    # claim nobody will deliver is given back instead of staying claimed until restart.
+    on_orphan: Callable[[T], None] | None
+
+
+def _settle_future(job: _Job[Any], result: Any, error: BaseException | None) -> None:
+    if job.future.cancelled():
+        if error is None and job.on_orphan is not None:
+            job.on_orphan(result)
+        return
+    if error is None:
+        job.future.set_result(result)
+    else:
+        job.future.set_exception(error)
+
+
+class _Writer:
+    """Owns the connection; runs submitted jobs in group-committed transactions."""
+
+    def __init__(self, setup: Callable[[], sqlite3.Connection], name: str) -> None:
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ready = threading.Event()
+        self._startup_error: BaseException | None = None
+        self.commit_count = 0
+        self._thread = threading.Thread(target=self._run, args=(setup,), name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._ready.wait()
+        if self._startup_error is not None:
+            self._thread.join()
+            raise self._startup_error
+
+    async def run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = True,
+        on_orphan: Callable[[T], None] | None = None,
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise QueueUnavailable("the queue is closed")
+            self._jobs.put(_Job(fn, loop, future, write, on_orphan))
+        return await future
+
+    def stop(self) -> None:
+        """Ask the thread to finish the jobs already queued, then close the connection."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._jobs.put(None)
+
+    def join(self) -> None:
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self, setup: Callable[[], sqlite3.Connection]) -> None:
+        try:
+            conn = setup()
+        except BaseException as exc:
+            self._startup_error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            stopping = False
+            while not stopping:
+                first = self._jobs.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < GROUP_COMMIT_MAX_JOBS:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stopping = True
+                        break
+                    batch.append(job)
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job[Any]]) -> None:
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE" if any(job.write for job in batch) else "BEGIN")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(conn)
+                except Exception as exc:
+                    error = _translate(exc)
+                    if not conn.in_transaction:
+                        # SQLite rolled the whole transaction back (I/O error, disk full):
+                        # nothing of this batch is durable, so nobody may be told otherwise.
+                        raise
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((None, error))
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append((result, None))
+            conn.execute("COMMIT")
+            self.commit_count += 1
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            error = _translate(exc)
+            if not isinstance(error, QueueUnavailable):
+                error = QueueUnavailable(f"the transaction failed: {exc!r}")
+                error.__cause__ = exc
+            outcomes = [(None, error)] * len(batch)
+        for job, (result, job_error) in zip(batch, outcomes, strict=True):
+            with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
+                job.loop.call_soon_threadsafe(_settle_future, job, result, job_error)
+
+
+class _Checkpointer:
+    """Copies the WAL into the database file from its own thread and connection.
+
+    SQLite's automatic checkpoint runs inside the COMMIT that crosses the threshold: a
+    hundreds-of-milliseconds stall of the writer, and of every webhook waiting on it. A PASSIVE
+    checkpoint from another connection runs beside the writer instead of in its way.
+    """
+
+    def __init__(self, path: Path, interval_secs: float) -> None:
+        self._path = path
+        self._interval = interval_secs
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sqlite-checkpoint:{path.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            conn = sqlite3.connect(self._path, isolation_level=None)
+        except sqlite3.Error:
+            return  # the writer's backstop autocheckpoint still bounds the WAL
+        try:
+            while not self._stop.wait(self._interval):
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            conn.close()
+
+
+# --- jobs: each runs in the writer thread inside its own SAVEPOINT --------------------------
+
+_Row = tuple[Any, ...]
+
+
+def _ingest(
+    events: Sequence[PostHogEvent], mapper: Mapper, conn: sqlite3.Connection
+) -> IngestResult:
+    now = time.time()
+    accepted = 0
+    dropped: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+    truncations: Counter[str] = Counter()
+    stored: dict[str, IdentityState] = {}  # as read from the table, to write only changes
+    current: dict[str, IdentityState] = {}  # as this job has updated them, seen by later events
+    known_partitions: set[str] = set()
+    for event in events:
+        if conn.execute(q.MARK_SEEN, (event.uuid, now)).rowcount == 0:
+            dropped["duplicate"] += 1  # seen before, or earlier in this same call
+            continue
+        states: dict[str, IdentityState] = {}
+        for distinct_id in mapper.related_ids(event):
+            if distinct_id not in current:
+                row = conn.execute(q.GET_IDENTITY, (distinct_id,)).fetchone()
+                state = decode_state(row[0]) if row is not None else IdentityState()
+                stored[distinct_id] = current[distinct_id] = state
+            states[distinct_id] = current[distinct_id]
+        outcome = mapper.map(event, states)
+        current.update(outcome.states)
+        for op in outcome.operations:
+            body = orjson.dumps(op.body)
+            cursor = conn.execute(
+                q.INSERT_OPERATION,
+                (
+                    op.partition,
+                    op.endpoint.value,
+                    op.action,
+                    body,
+                    len(body),
+                    op.event_uuid or event.uuid,
+                    now,
+                ),
+            )
+            if op.partition not in known_partitions:
+                conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid))
+                known_partitions.add(op.partition)
+            actions[op.action] += 1
+        if outcome.operations:
+            accepted += 1
+        if outcome.dropped is not None:
+            dropped[outcome.dropped] += 1
+        elif not outcome.operations:
+            dropped["nothing_to_send"] += 1
+        truncations.update(outcome.truncations)
+    for distinct_id, state in current.items():
+        if stored.get(distinct_id) != state:
+            conn.execute(q.PUT_IDENTITY, (distinct_id, encode_state(state), now))
+    return IngestResult(
+        accepted=accepted,
+        dropped=dict(dropped),
+        actions=dict(actions),
+        truncations=dict(truncations),
+    )
+
+
+def _claimed(row: _Row) -> ClaimedOperation:
+    op_id, partition, endpoint, action, body, _size, attempts, enqueued_at, event_uuid = row
+    return ClaimedOperation(
+        id=op_id,
+        partition=partition,
+        endpoint=Endpoint(endpoint),
+        action=action,
+        body_json=bytes(body),
+        attempts=attempts,
+        enqueued_at=enqueued_at,
+        event_uuid=event_uuid,
+    )
+
+
+def _claim(max_ops: int, max_bytes: int, now: float, conn: sqlite3.Connection) -> list[_Row]:
+    """Merge the ready partitions' operations in id order until a limit is reached.
+
+    A heap holds the next operation id of each partition taken so far; the ready cursor yields
+    partitions by head id and is read only while its next head is smaller than the heap's top.
+    Rows (with bodies) are read only for operations actually claimed. Stopping (never
+    skipping) at the byte limit keeps every partition's claim a prefix of its operations.
+    """
+    if max_ops <= 0:
+        return []
+    conn.execute(q.UNBLOCK_EXPIRED, (now,))
+    ready = conn.execute(q.READY_PARTITIONS)
+    heap: list[tuple[int, str]] = []
+    rows: list[_Row] = []
+    per_partition: Counter[str] = Counter()
+    total_bytes = 0
+    try:
+        head = ready.fetchone()
+        while len(rows) < max_ops:
+            if head is not None and (not heap or head[1] < heap[0][0]):
+                heapq.heappush(heap, (head[1], head[0]))
+                head = ready.fetchone()
+                continue
+            if not heap:
+                break
+            op_id, partition = heap[0]
+            row = conn.execute(q.GET_OPERATION, (op_id,)).fetchone()
+            if row is not None:
+                if rows and total_bytes + row[5] > max_bytes:
+                    break
+                rows.append(row)
+                total_bytes += row[5]
+                per_partition[partition] += 1
+            following = conn.execute(q.NEXT_ID_IN_PARTITION, (partition, op_id)).fetchone()
+            if following is None:
+                heapq.heappop(heap)
+            else:
+                heapq.heapreplace(heap, (following[0], partition))
+    finally:
+        ready.close()
+    conn.executemany(q.MARK_CLAIMED, ((row[0],) for row in rows))
+    conn.executemany(q.PARTITION_CLAIMED, ((n, p) for p, n in per_partition.items()))
+    return rows
+
+
+def _touch(
+    conn: sqlite3.Connection, op_ids: Sequence[int], apply: Callable[[int], object]
+) -> Counter[str]:
+    """Apply ``apply`` to each existing operation; returns partition → claims it released."""
+    released: Counter[str] = Counter()
+    for op_id in dict.fromkeys(op_ids):
+        row = conn.execute(q.OPERATION_PARTITION, (op_id,)).fetchone()
+        if row is None:
+            continue  # already acked or dead-lettered: settling twice is harmless
+        apply(op_id)
+        released[row[0]] += row[1]
+    return released
+
+
+def _settle_partitions(conn: sqlite3.Connection, released: Counter[str]) -> None:
+    for partition, count in released.items():
+        conn.execute(q.DROP_EMPTY_PARTITION, (partition,))
+        conn.execute(q.SETTLE_PARTITION, (partition, count))
+
+
+def _ack(op_ids: Sequence[int], conn: sqlite3.Connection) -> None:
+    released = _touch(conn, op_ids, lambda op_id: conn.execute(q.DELETE_OPERATION, (op_id,)))
+    _settle_partitions(conn, released)
+
+
+def _retry(op_ids: Sequence[int], not_before: float, error: str, conn: sqlite3.Connection) -> None:
+    released = _touch(conn, op_ids, lambda op_id: conn.execute(q.RETRY_OPERATION, (error, op_id)))
+    for partition in released:
+        conn.execute(q.BLOCK_PARTITION, (not_before, partition))
+    _settle_partitions(conn, released)
+
+
+def _release(op_ids: Sequence[int], conn: sqlite3.Connection) -> None:
+    released = _touch(conn, op_ids, lambda op_id: conn.execute(q.RELEASE_OPERATION, (op_id,)))
+    _settle_partitions(conn, released)
+
+
+def _dead_letter(rejections: Sequence[Rejection], conn: sqlite3.Connection) -> None:
+    now = time.time()
+    by_id = {r.op_id: r for r in rejections}
+
+    def move(op_id: int) -> None:
+        r = by_id[op_id]
+        conn.execute(
+            q.INSERT_DEAD_LETTER,
+            (r.reason, r.detail, r.request, r.response, r.status, now, op_id),
+        )
+        conn.execute(q.DELETE_OPERATION, (op_id,))
+
+    _settle_partitions(conn, _touch(conn, list(by_id), move))
+
+
+def _dead_letter_row(row: _Row) -> DeadLetter:
+    (dl_id, op_id, partition, endpoint, action, body, reason, detail, request, response) = row[:10]
+    status, created_at, event_uuid = row[10:]
+    return DeadLetter(
+        id=dl_id,
+        op_id=op_id,
+        partition=partition,
+        endpoint=Endpoint(endpoint),
+        action=action,
+        body_json=bytes(body),
+        reason=reason,
+        detail=detail,
+        request=request,
+        response=response,
+        status=status,
+        created_at=created_at,
+        event_uuid=event_uuid,
+    )
+
+
+def _replay(ids: Sequence[int], conn: sqlite3.Connection) -> int:
+    now = time.time()
+    replayed = 0
+    known_partitions: set[str] = set()
+    for dl_id in sorted(set(ids)):
+        row = conn.execute(q.GET_DEAD_LETTER_FOR_REPLAY, (dl_id,)).fetchone()
+        if row is None:
+            continue
+        partition, endpoint, action, body, event_uuid = row
+        cursor = conn.execute(
+            q.INSERT_OPERATION,
+            (partition, endpoint, action, body, len(body), event_uuid, now),
+        )
+        if partition not in known_partitions:
+            conn.execute(q.ADD_PARTITION, (partition, cursor.lastrowid))
+            known_partitions.add(partition)
+        conn.execute(q.DELETE_DEAD_LETTER, (dl_id,))
+        replayed += 1
+    return replayed
+
+
+def _purge(ids: Sequence[int], conn: sqlite3.Connection) -> int:
+    return sum(conn.execute(q.DELETE_DEAD_LETTER, (i,)).rowcount for i in set(ids))
+
+
+def _stats(now: float, conn: sqlite3.Connection) -> QueueStats:
+    oldest = conn.execute(q.OLDEST_ENQUEUED_AT).fetchone()
+    return QueueStats(
+        depth=int(conn.execute(q.COUNTER, ("operations",)).fetchone()[0]),
+        oldest_age_secs=max(0.0, now - oldest[0]) if oldest is not None else 0.0,
+        dead_letters=int(conn.execute(q.COUNTER, ("dead_letters",)).fetchone()[0]),
+        partitions_blocked=int(conn.execute(q.BLOCKED_PARTITIONS, (now,)).fetchone()[0]),
+    )
+
+
+# --- the queue -----------------------------------------------------------------------------
+
+
+def _take_owner_lock(path: Path) -> int:
+    """An exclusive flock on ``<path>.lock``: the kernel drops it if the process dies."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise QueueUnavailable(f"another serve process owns {path}") from exc
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+class SQLiteQueue:
+    """The ``Queue`` on one SQLite file. Create with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(
+        self,
+        path: Path,
+        writer: _Writer,
+        lock_fd: int | None,
+        checkpointer: _Checkpointer | None,
+    ) -> None:
+        self.path = path
+        self._writer = writer
+        self._checkpointer = checkpointer
+        self._lock_fd = lock_fd
+        self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def open(
+        cls,
+        path: Path,
+        *,
+        owner: bool = True,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+    ) -> SQLiteQueue:
+        """Open (and as owner create, migrate and recover) the queue; starts the writer.
+
+        ``owner=True`` is the serving process: it holds ``<path>.lock`` until close and gives
+        back the claims a crashed predecessor left. ``owner=False`` is for CLI commands run
+        beside a live server: no lock, no claim reset, no migration.
+        """
+        path = Path(path)
+        lock_fd: int | None = None
+        if owner:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock_fd = _take_owner_lock(path)
+        writer = _Writer(
+            partial(_setup, path, owner, busy_timeout_ms), name=f"sqlite-queue:{path.name}"
+        )
+        try:
+            writer.start()
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
+        checkpointer = None
+        if owner:
+            checkpointer = _Checkpointer(path, CHECKPOINT_INTERVAL_SECS)
+            checkpointer.start()
+        return cls(path, writer, lock_fd, checkpointer)
+
+    @property
+    def commit_count(self) -> int:
+        """COMMITs so far; tests use it to prove group commit."""
+        return self._writer.commit_count
+
+    # -- wake-ups -------------------------------------------------------------------------
+
+    def _work_event(self) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        if self._work is None or self._work[0] is not loop:
+            self._work = (loop, asyncio.Event())
+        return self._work[1]
+
+    def _signal_work(self) -> None:
+        self._work_event().set()
+
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Sleep until an ingest, replay or release of this process adds pending work.
+
+        Returns False on timeout. Delivery should still poll with a timeout: blocked
+        partitions expire, and other processes (a CLI replay) do not wake this one.
+        """
+        event = self._work_event()
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        event.clear()
+        return True
+
+    # -- Queue ----------------------------------------------------------------------------
+
+    async def ingest(self, events: Sequence[PostHogEvent], mapper: Mapper) -> IngestResult:
+        if not events:
+            return IngestResult()
+        result = await self._writer.run(partial(_ingest, list(events), mapper))
+        if result.actions:
+            self._signal_work()
+        return result
+
+    async def claim(self, max_ops: int, max_bytes: int, now: float) -> list[ClaimedOperation]:
+        rows = await self._writer.run(
+            partial(_claim, max_ops, max_bytes, now), on_orphan=self._release_orphaned
+        )
+        return [_claimed(row) for row in rows]
+
+    def _release_orphaned(self, rows: list[_Row]) -> None:
+        if rows:
+            ids = [row[0] for row in rows]
+            task = asyncio.get_running_loop().create_task(self._release_quietly(ids))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _release_quietly(self, op_ids: list[int]) -> None:
+        with contextlib.suppress(QueueUnavailable):  # closing: the next owner resets claims
+            await self.release(op_ids)
+
+    async def ack(self, op_ids: Sequence[int]) -> None:
+        if op_ids:
+            await self._writer.run(partial(_ack, list(op_ids)))
+
+    async def retry(self, op_ids: Sequence[int], not_before: float, error: str) -> None:
+        if op_ids:
+            await self._writer.run(partial(_retry, list(op_ids), not_before, error))
+
+    async def release(self, op_ids: Sequence[int]) -> None:
+        if op_ids:
+            await self._writer.run(partial(_release, list(op_ids)))
+            self._signal_work()
+
+    async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
+        if rejections:
+            await self._writer.run(partial(_dead_letter, list(rejections)))
+
+    async def stats(self, now: float) -> QueueStats:
+        return await self._writer.run(partial(_stats, now), write=False)
+
+    async def list_dead_letters(
+        self, reason: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        def job(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(q.LIST_DEAD_LETTERS, (reason, since, limit)).fetchall()
+            return [_dead_letter_row(row) for row in rows]
+
+        return await self._writer.run(job, write=False)
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        def job(conn: sqlite3.Connection) -> DeadLetter | None:
+            row = conn.execute(q.GET_DEAD_LETTER, (dead_letter_id,)).fetchone()
+            return _dead_letter_row(row) if row is not None else None
+
+        return await self._writer.run(job, write=False)
+
+    async def dead_letter_ids(
+        self, reason: str | None = None, since: float | None = None
+    ) -> list[int]:
+        """Ids of the dead letters matching the filters, oldest first (for replay/purge all)."""
+
+        def job(conn: sqlite3.Connection) -> list[int]:
+            return [row[0] for row in conn.execute(q.DEAD_LETTER_IDS, (reason, since))]
+
+        return await self._writer.run(job, write=False)
+
+    async def replay_dead_letters(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        count = await self._writer.run(partial(_replay, list(ids)))
+        if count:
+            self._signal_work()
+        return count
+
+    async def purge_dead_letters(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        return await self._writer.run(partial(_purge, list(ids)))
+
+    async def prune_seen(self, older_than: float) -> int:
+        """Forget uuids first seen before the Unix time ``older_than``; returns how many.
+
+        Deletes in chunks, one job each, so a large prune never holds the writer for long.
+        """
+
+        def chunk(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(q.PRUNE_SEEN_CHUNK, (older_than, PRUNE_CHUNK_ROWS))
+            return int(cursor.rowcount)
+
+        total = 0
+        while True:
+            deleted = await self._writer.run(chunk)
+            total += deleted
+            if deleted < PRUNE_CHUNK_ROWS:
+                return total
+
+    async def close(self) -> None:
+        """Finish the queued jobs, close the connection and drop the owner lock; idempotent."""
+        self._writer.stop()
+        await asyncio.to_thread(self._writer.join)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

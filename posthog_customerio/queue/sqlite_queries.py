@@ -1,0 +1,143 @@
+"""Every SQL statement of the SQLite queue, named (procrastinate's ``queries.sql`` habit).
+
+The schema lives in ``sql/sqlite/NNNN_*.sql`` migrations; these are the statements the queue
+runs against it. Keeping them here means a reviewer reads the whole data access in one page,
+and ``EXPLAIN QUERY PLAN`` checks have one place to look.
+"""
+
+from __future__ import annotations
+
+# --- schema version -----------------------------------------------------------------------
+
+CREATE_SCHEMA_VERSION = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)
+"""
+SCHEMA_VERSION_EXISTS = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+)
+CURRENT_SCHEMA_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
+RECORD_SCHEMA_VERSION = "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)"
+
+# --- ingest ---------------------------------------------------------------------------------
+
+# rowcount is 0 when the uuid was already there: that is the dedup check and the insert in one.
+MARK_SEEN = "INSERT OR IGNORE INTO seen_events (uuid, seen_at) VALUES (?, ?)"
+GET_IDENTITY = "SELECT state FROM identity WHERE distinct_id = ?"
+PUT_IDENTITY = """
+INSERT INTO identity (distinct_id, state, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (distinct_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at
+"""
+INSERT_OPERATION = """
+INSERT INTO operations (partition_key, endpoint, action, body, size, event_uuid, enqueued_at)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+# The first operation of a partition sets its head; later ones have larger ids.
+ADD_PARTITION = """
+INSERT INTO partitions (partition_key, head_id) VALUES (?, ?)
+ON CONFLICT (partition_key) DO NOTHING
+"""
+
+# --- claim ----------------------------------------------------------------------------------
+
+UNBLOCK_EXPIRED = """
+UPDATE partitions SET state = 0, blocked_until = NULL
+WHERE state = 2 AND blocked_until <= ?
+"""
+# Walks partitions_ready in head order; the cursor is read lazily, only as far as needed.
+READY_PARTITIONS = "SELECT partition_key, head_id FROM partitions WHERE state = 0 ORDER BY head_id"
+GET_OPERATION = """
+SELECT id, partition_key, endpoint, action, body, size, attempts, enqueued_at, event_uuid
+FROM operations WHERE id = ?
+"""
+# Answered from the (partition_key, id) index alone: no table row, no body read.
+NEXT_ID_IN_PARTITION = """
+SELECT id FROM operations WHERE partition_key = ? AND id > ? ORDER BY id LIMIT 1
+"""
+MARK_CLAIMED = "UPDATE operations SET claimed = 1 WHERE id = ?"
+PARTITION_CLAIMED = (
+    "UPDATE partitions SET state = 1, inflight = inflight + ? WHERE partition_key = ?"
+)
+
+# --- settle (ack, retry, release, dead letter) ----------------------------------------------
+
+OPERATION_PARTITION = "SELECT partition_key, claimed FROM operations WHERE id = ?"
+DELETE_OPERATION = "DELETE FROM operations WHERE id = ?"
+RETRY_OPERATION = """
+UPDATE operations SET attempts = attempts + 1, last_error = ?, claimed = 0 WHERE id = ?
+"""
+RELEASE_OPERATION = "UPDATE operations SET claimed = 0 WHERE id = ?"
+BLOCK_PARTITION = """
+UPDATE partitions SET blocked_until = max(coalesce(blocked_until, 0), ?) WHERE partition_key = ?
+"""
+DROP_EMPTY_PARTITION = """
+DELETE FROM partitions
+WHERE partition_key = ?1
+  AND NOT EXISTS (SELECT 1 FROM operations WHERE partition_key = ?1)
+"""
+# Right-hand sides see the old row, so inflight - ?2 is the new in-flight count.
+SETTLE_PARTITION = """
+UPDATE partitions SET
+    head_id = (SELECT min(id) FROM operations WHERE partition_key = ?1),
+    inflight = max(inflight - ?2, 0),
+    state = CASE
+        WHEN inflight - ?2 > 0 THEN 1
+        WHEN blocked_until IS NOT NULL THEN 2
+        ELSE 0
+    END
+WHERE partition_key = ?1
+"""
+RESET_CLAIMED_OPERATIONS = "UPDATE operations SET claimed = 0 WHERE claimed = 1"
+RESET_CLAIMED_PARTITIONS = """
+UPDATE partitions SET
+    inflight = 0,
+    state = CASE WHEN blocked_until IS NOT NULL THEN 2 ELSE 0 END
+WHERE state = 1
+"""
+
+# --- dead letters ---------------------------------------------------------------------------
+
+INSERT_DEAD_LETTER = """
+INSERT INTO dead_letters (
+    op_id, partition_key, endpoint, action, body, event_uuid, enqueued_at, attempts,
+    reason, detail, request, response, status, created_at
+)
+SELECT id, partition_key, endpoint, action, body, event_uuid, enqueued_at, attempts,
+       ?, ?, ?, ?, ?, ?
+FROM operations WHERE id = ?
+"""
+# Optional filters as "? IS NULL OR ..." keep this one statement for every combination.
+LIST_DEAD_LETTERS = """
+SELECT id, op_id, partition_key, endpoint, action, body, reason, detail, request, response,
+       status, created_at, event_uuid
+FROM dead_letters
+WHERE (?1 IS NULL OR reason = ?1) AND (?2 IS NULL OR created_at >= ?2)
+ORDER BY id DESC LIMIT ?3
+"""
+DEAD_LETTER_IDS = """
+SELECT id FROM dead_letters
+WHERE (?1 IS NULL OR reason = ?1) AND (?2 IS NULL OR created_at >= ?2)
+ORDER BY id
+"""
+GET_DEAD_LETTER = """
+SELECT id, op_id, partition_key, endpoint, action, body, reason, detail, request, response,
+       status, created_at, event_uuid
+FROM dead_letters WHERE id = ?
+"""
+GET_DEAD_LETTER_FOR_REPLAY = """
+SELECT partition_key, endpoint, action, body, event_uuid FROM dead_letters WHERE id = ?
+"""
+DELETE_DEAD_LETTER = "DELETE FROM dead_letters WHERE id = ?"
+
+# --- stats and housekeeping -----------------------------------------------------------------
+
+COUNTER = "SELECT value FROM counters WHERE name = ?"
+OLDEST_ENQUEUED_AT = "SELECT enqueued_at FROM operations ORDER BY id LIMIT 1"
+BLOCKED_PARTITIONS = "SELECT count(*) FROM partitions WHERE state = 2 AND blocked_until > ?"
+PRUNE_SEEN_CHUNK = """
+DELETE FROM seen_events
+WHERE uuid IN (SELECT uuid FROM seen_events WHERE seen_at < ? LIMIT ?)
+"""

@@ -1,0 +1,462 @@
+"""The Queue contract, run against every implementation.
+
+Tests use only the ``Queue`` protocol; what differs between implementations (how to open one,
+how to count commits, how to make the store refuse writes) lives in a ``Harness``. SQLite runs
+on real files in ``tmp_path``; PostgreSQL will add a harness param.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import pytest
+
+from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.queue.base import MappingOutcome, Queue, Rejection
+from posthog_customerio.queue.sqlite import SQLiteQueue
+from posthog_customerio.sources.event import PostHogEvent
+
+T = TypeVar("T")
+NOW = 1_700_000_000.0
+BIG = 10_000_000
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+# --- a tiny deterministic mapper ------------------------------------------------------------
+
+
+class TinyMapper:
+    """Maps each event to an ``event`` op, preceded by an ``identify`` op when it sets
+    properties; drops events named in ``drop``. The body records what the state said, so tests
+    can see state flow between events. ``properties["pad"]`` makes bodies bigger.
+    """
+
+    def __init__(self, drop: frozenset[str] = frozenset(), fail_on: str | None = None) -> None:
+        self.drop = drop
+        self.fail_on = fail_on
+
+    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+        return [event.distinct_id]
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        if event.event == self.fail_on:
+            raise RuntimeError("mapper bug")
+        before = states[event.distinct_id]
+        after = replace(
+            before,
+            seen=True,
+            identified=before.identified or event.event == "$identify",
+            email=event.set.get("email", before.email),
+            set_once_keys=before.set_once_keys | frozenset(event.set_once),
+        )
+        new_states = {event.distinct_id: after}
+        if event.event in self.drop:
+            return MappingOutcome(states=new_states, operations=(), dropped="not_in_allowlist")
+        ops = []
+        if event.set:
+            ops.append(
+                Operation(
+                    partition=event.distinct_id,
+                    endpoint=Endpoint.BATCH,
+                    action="identify",
+                    body={"type": "person", "action": "identify", "attributes": event.set},
+                    event_uuid=event.uuid,
+                )
+            )
+        ops.append(
+            Operation(
+                partition=event.distinct_id,
+                endpoint=Endpoint.BATCH,
+                action="event",
+                body={
+                    "type": "person",
+                    "action": "event",
+                    "name": event.event,
+                    "id": event.uuid,
+                    "seen_before": before.seen,
+                    "pad": event.properties.get("pad", ""),
+                },
+                event_uuid=event.uuid,
+            )
+        )
+        return MappingOutcome(states=new_states, operations=ops, truncations={"value": 1})
+
+
+_counter = iter(range(1, 10**9))
+
+
+def ev(
+    distinct_id: str = "u1", name: str = "clicked", uuid: str | None = None, **kw: Any
+) -> PostHogEvent:
+    uuid = uuid or f"00000000-0000-4000-8000-{next(_counter):012d}"
+    return PostHogEvent(uuid=uuid, event=name, distinct_id=distinct_id, timestamp_ms=1, **kw)
+
+
+MAPPER = TinyMapper(drop=frozenset({"dropme"}))
+
+
+# --- harnesses ------------------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    """How to open, observe and break one implementation."""
+
+    open: Callable[[bool], Queue]
+    commits: Callable[[Queue], int]
+    hold_write_lock: Callable[[], contextlib.AbstractContextManager[None]]
+    has_owner_lock: bool
+
+    @contextlib.asynccontextmanager
+    async def queue(self, owner: bool = True) -> AsyncIterator[Queue]:
+        q = self.open(owner)
+        try:
+            yield q
+        finally:
+            await q.close()
+
+
+def _sqlite_harness(tmp_path: Path) -> Harness:
+    path = tmp_path / "queue.db"
+
+    def open_queue(owner: bool) -> Queue:
+        return SQLiteQueue.open(path, owner=owner, busy_timeout_ms=200)
+
+    def commits(q: Queue) -> int:
+        assert isinstance(q, SQLiteQueue)
+        return q.commit_count
+
+    @contextlib.contextmanager
+    def hold_write_lock() -> Iterator[None]:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+            yield
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+
+    return Harness(open_queue, commits, hold_write_lock, has_owner_lock=True)
+
+
+@pytest.fixture(params=["sqlite"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
+    if request.param == "sqlite":
+        return _sqlite_harness(tmp_path)
+    raise AssertionError(request.param)
+
+
+def names(claimed: Sequence[Any]) -> list[tuple[str, str]]:
+    return [(c.partition, orjson.loads(c.body_json).get("name", "identify")) for c in claimed]
+
+
+# --- ingest ---------------------------------------------------------------------------------
+
+
+def test_ingest_commits_and_dedups_repeated_uuids(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            a, b = ev("u1", "a"), ev("u2", "b", set={"plan": "pro"})
+            first = await q.ingest([a, b, a, ev("u3", "dropme")], MAPPER)
+            assert first.accepted == 2
+            assert first.dropped == {"duplicate": 1, "not_in_allowlist": 1}
+            assert first.actions == {"event": 2, "identify": 1}
+            assert first.truncations == {"value": 2}
+            again = await q.ingest([b, a], MAPPER)
+            assert again.accepted == 0
+            assert again.dropped == {"duplicate": 2}
+            assert (await q.stats(NOW)).depth == 3
+
+    run(body())
+
+
+def test_identity_state_persists_across_calls_and_reopen(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("u1", "a"), ev("u1", "b")], MAPPER)
+            await q.ingest([ev("u1", "c")], MAPPER)
+        async with harness.queue() as q:
+            await q.ingest([ev("u1", "d"), ev("u2", "e")], MAPPER)
+            claimed = await q.claim(100, BIG, NOW)
+            seen = {orjson.loads(c.body_json)["name"]: orjson.loads(c.body_json) for c in claimed}
+            assert seen["a"]["seen_before"] is False
+            assert seen["b"]["seen_before"] is True  # same call: sees the earlier event's state
+            assert seen["c"]["seen_before"] is True
+            assert seen["d"]["seen_before"] is True  # after reopen
+            assert seen["e"]["seen_before"] is False
+
+    run(body())
+
+
+def test_failed_mapping_writes_nothing_of_that_call(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            mapper = TinyMapper(fail_on="boom")
+            good = ev("u1", "ok")
+            results = await asyncio.gather(
+                q.ingest([good, ev("u1", "boom")], mapper),
+                q.ingest([ev("u2", "fine")], mapper),
+                return_exceptions=True,
+            )
+            assert isinstance(results[0], RuntimeError)
+            assert not isinstance(results[1], BaseException)
+            assert results[1].accepted == 1
+            assert (await q.stats(NOW)).depth == 1
+            assert (await q.ingest([good], mapper)).accepted == 1  # its uuid was not recorded
+
+    run(body())
+
+
+# --- claim ----------------------------------------------------------------------------------
+
+
+def test_claim_order_and_partition_exclusivity(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("a", "a1"), ev("b", "b1"), ev("a", "a2"), ev("c", "c1")], MAPPER)
+            first = await q.claim(100, BIG, NOW)
+            assert names(first) == [("a", "a1"), ("b", "b1"), ("a", "a2"), ("c", "c1")]
+            assert [c.id for c in first] == sorted(c.id for c in first)
+            await q.ingest([ev("a", "a3"), ev("d", "d1")], MAPPER)
+            second = await q.claim(100, BIG, NOW)
+            assert names(second) == [("d", "d1")]  # "a" is in flight: its a3 must wait
+            await q.ack([c.id for c in first if c.partition == "a"])
+            assert names(await q.claim(100, BIG, NOW)) == [("a", "a3")]
+            assert await q.claim(100, BIG, NOW) == []
+
+    run(body())
+
+
+def test_blocked_partitions_skipped_until_not_before(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("a", "a1"), ev("b", "b1")], MAPPER)
+            claimed = await q.claim(100, BIG, NOW)
+            a_ids = [c.id for c in claimed if c.partition == "a"]
+            await q.ack([c.id for c in claimed if c.partition == "b"])
+            await q.retry(a_ids, not_before=NOW + 30, error="503")
+            await q.ingest([ev("b", "b2"), ev("a", "a2")], MAPPER)
+            assert (await q.stats(NOW)).partitions_blocked == 1
+            assert names(await q.claim(100, BIG, NOW + 10)) == [("b", "b2")]
+            later = await q.claim(100, BIG, NOW + 30)
+            assert names(later) == [("a", "a1"), ("a", "a2")]
+            assert later[0].attempts == 1 and later[1].attempts == 0
+            assert (await q.stats(NOW + 30)).partitions_blocked == 0
+
+    run(body())
+
+
+def test_max_ops_and_max_bytes_respected(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            pad = "x" * 1000
+            await q.ingest(
+                [ev(f"p{i}", f"e{i}", properties={"pad": pad}) for i in range(10)], MAPPER
+            )
+            assert len(await q.claim(3, BIG, NOW)) == 3
+            two = await q.claim(100, 2500, NOW)
+            assert len(two) == 2 and sum(len(c.body_json) for c in two) <= 2500
+            alone = await q.claim(100, 10, NOW)  # one op over max_bytes still goes, alone
+            assert len(alone) == 1
+            assert len(await q.claim(0, BIG, NOW)) == 0
+            assert len(await q.claim(100, BIG, NOW)) == 4
+
+    run(body())
+
+
+def test_byte_limit_never_lets_a_partition_skip_ahead(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            big = "x" * 5000
+            await q.ingest(
+                [ev("a", "a1"), ev("a", "a2", properties={"pad": big}), ev("a", "a3")], MAPPER
+            )
+            first = await q.claim(100, 1000, NOW)
+            assert names(first) == [("a", "a1")]
+            await q.ack([c.id for c in first])
+            assert names(await q.claim(100, 1000, NOW)) == [("a", "a2")]
+
+    run(body())
+
+
+# --- settle ---------------------------------------------------------------------------------
+
+
+def test_ack_deletes(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("a", "a1"), ev("b", "b1")], MAPPER)
+            claimed = await q.claim(100, BIG, NOW)
+            await q.ack([c.id for c in claimed])
+            await q.ack([c.id for c in claimed])  # twice is harmless
+            stats = await q.stats(NOW)
+            assert stats.depth == 0 and stats.oldest_age_secs == 0.0
+            assert await q.claim(100, BIG, NOW) == []
+
+    run(body())
+
+
+def test_retry_counts_attempts(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("a", "a1")], MAPPER)
+            for attempt in range(3):
+                [op] = await q.claim(100, BIG, NOW + attempt)
+                assert op.attempts == attempt
+                await q.retry([op.id], not_before=NOW + attempt + 1, error="timeout")
+            assert await q.claim(100, BIG, NOW + 2.5) == []
+            [op] = await q.claim(100, BIG, NOW + 3)
+            assert op.attempts == 3
+
+    run(body())
+
+
+def test_release_gives_back_without_an_attempt(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("a", "a1"), ev("a", "a2")], MAPPER)
+            claimed = await q.claim(100, BIG, NOW)
+            await q.release([c.id for c in claimed])
+            again = await q.claim(100, BIG, NOW)
+            assert [c.id for c in again] == [c.id for c in claimed]
+            assert [c.attempts for c in again] == [0, 0]
+
+    run(body())
+
+
+def test_dead_letter_list_get_replay_purge(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("a", "a1"), ev("b", "b1"), ev("c", "c1")], MAPPER)
+            claimed = await q.claim(100, BIG, NOW)
+            a, b, c = claimed
+            await q.dead_letter(
+                [
+                    Rejection(a.id, "rejected", "bad email", "POST /batch", '{"errors":[]}', 207),
+                    Rejection(b.id, "expired"),
+                ]
+            )
+            await q.ack([c.id])
+            assert (await q.stats(NOW)).dead_letters == 2
+            newest_first = await q.list_dead_letters()
+            assert [d.op_id for d in newest_first] == [b.id, a.id]
+            [rejected] = await q.list_dead_letters(reason="rejected")
+            assert (rejected.detail, rejected.status, rejected.event_uuid) == (
+                "bad email",
+                207,
+                a.event_uuid,
+            )
+            assert await q.list_dead_letters(since=rejected.created_at + 3600) == []
+            got = await q.get_dead_letter(rejected.id)
+            assert got == rejected and got.body_json == a.body_json
+            assert await q.get_dead_letter(10**9) is None
+            # the dead letter released the partition: new work for "a" flows
+            await q.ingest([ev("a", "a2")], MAPPER)
+            [a2] = await q.claim(100, BIG, NOW)
+            await q.ack([a2.id])
+
+            assert await q.replay_dead_letters([]) == 0
+            assert await q.replay_dead_letters([rejected.id]) == 1
+            [replayed] = await q.claim(100, BIG, NOW)
+            assert replayed.body_json == a.body_json  # byte for byte: same event id
+            assert replayed.id > a.id and replayed.attempts == 0
+            [expired] = await q.list_dead_letters()
+            assert await q.purge_dead_letters([expired.id, 10**9]) == 1
+            assert (await q.stats(NOW)).dead_letters == 0
+
+    run(body())
+
+
+def test_stats(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            empty = await q.stats(NOW)
+            assert (empty.depth, empty.oldest_age_secs, empty.dead_letters) == (0, 0.0, 0)
+            await q.ingest([ev("a", "a1", set={"x": 1}), ev("b", "b1")], MAPPER)
+            stats = await q.stats(time.time() + 5)
+            assert stats.depth == 3
+            assert 4 < stats.oldest_age_secs < 60
+            assert stats.partitions_blocked == 0
+
+    run(body())
+
+
+# --- durability and ownership ---------------------------------------------------------------
+
+
+def test_claims_released_on_reopen_as_owner(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("a", "a1"), ev("b", "b1")], MAPPER)
+            claimed = await q.claim(100, BIG, NOW)
+            assert len(claimed) == 2
+            # the process "dies" here: no ack, no release
+        async with harness.queue() as q:
+            again = await q.claim(100, BIG, NOW)
+            assert [c.id for c in again] == [c.id for c in claimed]
+
+    run(body())
+
+
+def test_owner_lock_refuses_a_second_owner(harness: Harness) -> None:
+    if not harness.has_owner_lock:
+        pytest.skip("this implementation has no single owner")
+
+    async def body() -> None:
+        async with harness.queue() as q:
+            with pytest.raises(QueueUnavailable, match="another serve process"):
+                harness.open(True)
+            async with harness.queue(owner=False) as cli:  # a CLI command beside the server
+                await q.ingest([ev("a", "a1")], MAPPER)
+                assert (await cli.stats(NOW)).depth == 1
+        async with harness.queue():  # the lock went with close
+            pass
+
+    run(body())
+
+
+# --- concurrency and failure ----------------------------------------------------------------
+
+
+def test_concurrent_ingests_share_commits(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            before = harness.commits(q)
+            results = await asyncio.gather(
+                *(q.ingest([ev(f"u{i % 7}", f"e{i}")], MAPPER) for i in range(200))
+            )
+            commits = harness.commits(q) - before
+            assert all(r.accepted == 1 for r in results)
+            assert commits < 50, commits
+            assert (await q.stats(NOW)).depth == 200
+
+    run(body())
+
+
+def test_queue_unavailable_writes_nothing(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            event = ev("a", "a1", set={"email": "a@example.com"})
+            with harness.hold_write_lock(), pytest.raises(QueueUnavailable):
+                await q.ingest([event], MAPPER)
+            stats = await q.stats(NOW)
+            assert stats.depth == 0
+            result = await q.ingest([event], MAPPER)  # not marked seen before
+            assert result.accepted == 1
+            [_identify, event_op] = await q.claim(100, BIG, NOW)
+            assert orjson.loads(event_op.body_json)["seen_before"] is False  # no state written
+
+    run(body())
