@@ -25,70 +25,112 @@ class Metrics:
         PlatformCollector(registry=r)
         GCCollector(registry=r)
         self.events_received = Counter(
-            "events_received", "PostHog events received, by source.", ["source"],
-            namespace=NS, registry=r,
+            "events_received",
+            "PostHog events received, by source.",
+            ["source"],
+            namespace=NS,
+            registry=r,
         )
         self.events_dropped = Counter(
-            "events_dropped", "Events not sent, by reason (filters, duplicates, limits).",
-            ["reason"], namespace=NS, registry=r,
+            "events_dropped",
+            "Events not sent, by reason (filters, duplicates, limits).",
+            ["reason"],
+            namespace=NS,
+            registry=r,
         )
         self.operations_enqueued = Counter(
-            "operations_enqueued", "Customer.io operations committed to the queue, by action.",
-            ["action"], namespace=NS, registry=r,
+            "operations_enqueued",
+            "Customer.io operations committed to the queue, by action.",
+            ["action"],
+            namespace=NS,
+            registry=r,
         )
         self.operations_delivered = Counter(
-            "operations_delivered", "Operations Customer.io accepted, by action.", ["action"],
-            namespace=NS, registry=r,
+            "operations_delivered",
+            "Operations Customer.io accepted, by action.",
+            ["action"],
+            namespace=NS,
+            registry=r,
         )
         self.operations_dead_lettered = Counter(
-            "operations_dead_lettered", "Operations moved to dead letters, by reason.",
-            ["reason"], namespace=NS, registry=r,
+            "operations_dead_lettered",
+            "Operations moved to dead letters, by reason.",
+            ["reason"],
+            namespace=NS,
+            registry=r,
         )
         self.operations_retried = Counter(
-            "operations_retried", "Operations scheduled for another attempt, by reason.",
-            ["reason"], namespace=NS, registry=r,
+            "operations_retried",
+            "Operations scheduled for another attempt, by reason.",
+            ["reason"],
+            namespace=NS,
+            registry=r,
         )
         self.mapping_truncations = Counter(
-            "mapping_truncations", "Values changed to fit Customer.io's limits, by kind.",
-            ["kind"], namespace=NS, registry=r,
+            "mapping_truncations",
+            "Values changed to fit Customer.io's limits, by kind.",
+            ["kind"],
+            namespace=NS,
+            registry=r,
         )
         self.requests = Counter(
-            "requests", "HTTP requests sent to Customer.io, by endpoint and status.",
-            ["endpoint", "status"], namespace=NS, registry=r,
+            "requests",
+            "HTTP requests sent to Customer.io, by endpoint and status.",
+            ["endpoint", "status"],
+            namespace=NS,
+            registry=r,
         )
         self.request_duration = Histogram(
-            "request_duration_seconds", "Duration of requests to Customer.io.", ["endpoint"],
-            namespace=NS, registry=r,
+            "request_duration_seconds",
+            "Duration of requests to Customer.io.",
+            ["endpoint"],
+            namespace=NS,
+            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.queue_depth = Gauge(
-            "queue_depth_operations", "Operations waiting for delivery.", namespace=NS,
+            "queue_depth_operations",
+            "Operations waiting for delivery.",
+            namespace=NS,
             registry=r,
         )
         self.queue_oldest_age = Gauge(
-            "queue_oldest_age_seconds", "Age of the oldest waiting operation.", namespace=NS,
+            "queue_oldest_age_seconds",
+            "Age of the oldest waiting operation.",
+            namespace=NS,
             registry=r,
         )
         self.dead_letters = Gauge(
-            "dead_letters_operations", "Operations currently in the dead-letter table.",
-            namespace=NS, registry=r,
+            "dead_letters_operations",
+            "Operations currently in the dead-letter table.",
+            namespace=NS,
+            registry=r,
         )
         self.delivery_latency = Histogram(
-            "delivery_latency_seconds", "From ingest to accepted by Customer.io.", namespace=NS,
+            "delivery_latency_seconds",
+            "From ingest to accepted by Customer.io.",
+            namespace=NS,
             registry=r,
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
         )
         self.batch_operations = Histogram(
-            "batch_size_operations", "Operations per /api/v2/batch request.", namespace=NS,
-            registry=r, buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800, 1600),
+            "batch_size_operations",
+            "Operations per /api/v2/batch request.",
+            namespace=NS,
+            registry=r,
+            buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800, 1600),
         )
         self.rate_limit = Gauge(
-            "rate_limit_requests_per_second", "Current request rate allowed by the limiter.",
-            namespace=NS, registry=r,
+            "rate_limit_requests_per_second",
+            "Current request rate allowed by the limiter.",
+            namespace=NS,
+            registry=r,
         )
         self.credentials_ok = Gauge(
-            "credentials_ok", "1 while Customer.io accepts the credentials, 0 when rejected.",
-            namespace=NS, registry=r,
+            "credentials_ok",
+            "1 while Customer.io accepts the credentials, 0 when rejected.",
+            namespace=NS,
+            registry=r,
         )
 
     def render(self) -> bytes:

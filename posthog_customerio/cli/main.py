@@ -1,5 +1,497 @@
-"""Command line (placeholder until the CLI lands in this same change)."""
+"""The ``posthog-customerio`` command line.
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage or config. Errors are one sentence naming the
+option or input at fault; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from posthog_customerio import __version__, logs
+from posthog_customerio.errors import ConfigError, ConnectorError, InputError
+from posthog_customerio.settings import Settings, load_settings
+
+app = typer.Typer(
+    name="posthog-customerio",
+    help="Stream PostHog events into Customer.io: durable, batched, ordered, deduplicated.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+dead_letters_app = typer.Typer(help="Inspect and resend what Customer.io rejected.")
+app.add_typer(dead_letters_app, name="dead-letters")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_debug = False
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file.", show_default=False)
+]
+PluginOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--plugin-config",
+        help="The PostHog Customer.io app's config (plugin.json keys) to import.",
+        show_default=False,
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Where the SQLite queue lives.", show_default=False),
+]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def settings_from(config: Path | None, plugin_config: Path | None, **cli: Any) -> Settings:
+    try:
+        return load_settings(cli=cli, config_file=config, plugin_config=plugin_config)
+    except ConfigError as exc:
+        err.print("[bold red]error:[/] invalid configuration:")
+        for problem in exc.problems:
+            err.print(f"  - {problem}")
+        raise typer.Exit(2) from None
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    return [
+        s.get_secret_value()
+        for s in (settings.api_key, settings.webhook_secret, settings.admin_token)
+        if s is not None
+    ]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.callback()
+def root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    if version:
+        out.print(__version__)
+        raise typer.Exit(0)
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    plugin_config: PluginOpt = None,
+    data_dir: DataDirOpt = None,
+    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8787]; 0 picks one.")] = None,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox", help="Send to an embedded local sandbox.")
+    ] = False,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option("--insecure-no-auth", help="Allow a public bind without a webhook secret."),
+    ] = False,
+    database_url: Annotated[str | None, typer.Option("--database-url", show_default=False)] = None,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="text or json.", show_default=False)
+    ] = None,
+) -> None:
+    """Webhook + delivery + status page in one process."""
+    settings = settings_from(
+        config,
+        plugin_config,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        sandbox=sandbox or None,
+        insecure_no_auth=insecure_no_auth or None,
+        database_url=database_url,
+        log_format=log_format,
+    )
+    logs.configure(settings.log_format, secrets=secrets_of(settings))
+    if (
+        not is_loopback(settings.host)
+        and settings.webhook_secret is None
+        and not settings.insecure_no_auth
+    ):
+        fail(
+            f"refusing to listen on {settings.host} without webhook_secret "
+            "(set POSTHOG_CUSTOMERIO_WEBHOOK_SECRET, or pass --insecure-no-auth)",
+            2,
+        )
+    from posthog_customerio.web.server import run_server
+
+    try:
+        run_server(settings)
+    except ConnectorError as exc:
+        if _debug:
+            raise
+        fail(str(exc))
+    except OSError as exc:
+        if _debug:
+            raise
+        fail(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}")
+
+
+@app.command()
+def check(config: ConfigOpt = None, plugin_config: PluginOpt = None) -> None:
+    """Validate the config and the Customer.io credentials; print the region."""
+    settings = settings_from(config, plugin_config)
+    if not settings.has_credentials:
+        fail("no Customer.io credentials: set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY", 1)
+    from posthog_customerio.customerio.client import TrackClient
+
+    assert settings.site_id is not None and settings.api_key is not None
+
+    async def probe() -> tuple[int | None, bytes, str | None]:
+        client = TrackClient(
+            settings.effective_track_url,
+            settings.site_id or "",
+            settings.api_key.get_secret_value() if settings.api_key else "",
+            timeout_secs=10,
+        )
+        try:
+            r = await client.get_region()
+        finally:
+            await client.aclose()
+        return r.status, r.body, r.error
+
+    status, body, error = asyncio.run(probe())
+    url = settings.effective_track_url
+    if status == 200:
+        try:
+            region = orjson.loads(body).get("region", "?")
+        except orjson.JSONDecodeError:
+            region = "?"
+        out.print(f"config ok; credentials accepted by {url}; account region: {region}")
+        if region in ("us", "eu") and settings.track_url is None and region != settings.region:
+            err.print(f"[yellow]warning:[/] the account is in {region!r}; set region={region}")
+        return
+    if status in (401, 403):
+        fail(f"Customer.io rejected the credentials ({status}) at {url}")
+    fail(f"could not check the credentials at {url}: {error or f'HTTP {status}'}")
+
+
+@app.command("sandbox")
+def sandbox_cmd(
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8788,
+    site_id: Annotated[str, typer.Option(help="Basic-auth user it accepts.")] = "sandbox",
+    api_key: Annotated[str, typer.Option(help="Basic-auth password it accepts.")] = "sandbox",
+    fail_rate: Annotated[float, typer.Option(help="Share of requests answered 5xx.")] = 0.0,
+    fail_status: Annotated[int, typer.Option(help="Status used by --fail-rate.")] = 503,
+    rate_limit_rps: Annotated[
+        float | None, typer.Option(help="Answer 429 above this rate.", show_default=False)
+    ] = None,
+    retry_after_secs: Annotated[int, typer.Option(help="Retry-After sent with 429.")] = 1,
+    latency_ms: Annotated[int, typer.Option(help="Added latency per request.")] = 0,
+    seed: Annotated[int | None, typer.Option(help="Seed for --fail-rate.")] = None,
+) -> None:
+    """A local Customer.io Track API that validates against the official spec."""
+    from posthog_customerio.customerio.sandbox import SandboxConfig, run_sandbox
+
+    logs.configure("text", secrets=[api_key])
+    cfg = SandboxConfig(
+        site_id=site_id,
+        api_key=api_key,
+        fail_rate=fail_rate,
+        fail_status=fail_status,
+        rate_limit_rps=rate_limit_rps,
+        retry_after_secs=retry_after_secs,
+        latency_ms=latency_ms,
+        seed=seed,
+    )
+    err.print(f"sandbox: Customer.io Track API on http://{host}:{port} (site id {site_id!r})")
+    run_sandbox(host, port, cfg)
+
+
+def _since(value: str | None) -> float | None:
+    """``30m``, ``2h``, ``1d`` ago, or an ISO 8601 time."""
+    if value is None:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if m:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time() - float(m.group(1)) * scale
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        fail(f"--since {value!r}: use an ISO 8601 time or a duration like 30m, 2h, 1d", 2)
+
+
+@app.command()
+def status(
+    config: ConfigOpt = None,
+    plugin_config: PluginOpt = None,
+    data_dir: DataDirOpt = None,
+    host: Annotated[str | None, typer.Option(help="Where serve listens.")] = None,
+    port: Annotated[int | None, typer.Option(help="Where serve listens.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Queue depth, oldest pending age, delivered, dead-lettered, last error."""
+    settings = settings_from(config, plugin_config, data_dir=data_dir, host=host, port=port)
+    shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    snapshot: dict[str, Any]
+    try:
+        r = httpx.get(f"http://{shown_host}:{settings.port}/api/status", timeout=2)
+        r.raise_for_status()
+        snapshot = r.json()
+        snapshot["server"] = "running"
+    except httpx.HTTPError:
+        snapshot = asyncio.run(_offline_status(settings))
+    if as_json:
+        sys.stdout.write(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    q = snapshot["queue"]
+    out.print(f"server:          {snapshot['server']}")
+    out.print(f"credentials:     {snapshot.get('credentials', 'unknown')}")
+    out.print(f"queue depth:     {q['depth']} operations")
+    out.print(f"oldest pending:  {q['oldest_age_secs']:.1f} s")
+    out.print(f"dead letters:    {q['dead_letters']}")
+    d = snapshot.get("delivery") or {}
+    if d:
+        out.print(f"delivered:       {d.get('delivered', 0)} operations")
+        out.print(f"dead-lettered:   {d.get('dead_lettered', 0)} (since start)")
+        out.print(f"last error:      {d.get('last_error') or '-'}")
+
+
+async def _offline_status(settings: Settings) -> dict[str, Any]:
+    from posthog_customerio.runtime import open_queue
+
+    queue = open_queue(settings, owner=False)
+    try:
+        s = await queue.stats(time.time())
+    finally:
+        await queue.close()
+    return {
+        "server": "not running",
+        "credentials": "unknown",
+        "queue": {
+            "depth": s.depth,
+            "oldest_age_secs": round(s.oldest_age_secs, 3),
+            "dead_letters": s.dead_letters,
+            "partitions_blocked": s.partitions_blocked,
+        },
+        "delivery": None,
+    }
+
+
+def _read_events(paths: list[str]) -> list[Any]:
+    from posthog_customerio.sources.normalize import event_from_mapping
+    from posthog_customerio.sources.webhook import parse_webhook_body
+
+    events: list[Any] = []
+    now_ms = int(time.time() * 1000)
+    for name in paths or ["-"]:
+        try:
+            data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+        except OSError as exc:
+            fail(f"{name}: cannot read ({exc.strerror})", 2)
+        try:
+            events.extend(parse_webhook_body(data, received_ms=now_ms, max_depth=1000))
+            continue
+        except InputError as whole:
+            lines = [ln for ln in data.splitlines() if ln.strip()]
+            if len(lines) < 2:
+                fail(f"{name}: {whole}", 2)
+        for lineno, line in enumerate(data.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+                if not isinstance(row, dict):
+                    raise InputError("", "expected a JSON object per line")
+                events.append(event_from_mapping(row, person=None, received_ms=now_ms, path=""))
+            except (orjson.JSONDecodeError, InputError) as exc:
+                fail(f"{name}:{lineno}: {exc}", 2)
+    return events
+
+
+@app.command()
+def explain(
+    files: Annotated[
+        list[str] | None, typer.Argument(help="Webhook bodies or JSON Lines; - for stdin.")
+    ] = None,
+    config: ConfigOpt = None,
+    plugin_config: PluginOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print, for each PostHog event, the operations that would be sent or why it is dropped."""
+    from posthog_customerio.mapping.explain import explain as run_explain
+    from posthog_customerio.mapping.explain import format_explanation
+
+    settings = settings_from(config, plugin_config)
+    results = run_explain(_read_events(files or []), settings.mapping_rules())
+    if as_json:
+        sys.stdout.write(
+            orjson.dumps(
+                [r.as_dict() for r in results], option=orjson.OPT_INDENT_2, default=str
+            ).decode()
+            + "\n"
+        )
+        return
+    for r in results:
+        out.print(format_explanation(r), markup=False)
+        out.print()
+
+
+def _queue_call(settings: Settings, fn: Any) -> Any:
+    from posthog_customerio.runtime import open_queue
+
+    async def go() -> Any:
+        queue = open_queue(settings, owner=False)
+        try:
+            return await fn(queue)
+        finally:
+            await queue.close()
+
+    return asyncio.run(go())
+
+
+ReasonOpt = Annotated[
+    str | None, typer.Option("--reason", help="Only this reason.", show_default=False)
+]
+SinceOpt = Annotated[
+    str | None,
+    typer.Option("--since", help="Only newer: ISO time or 30m/2h/1d.", show_default=False),
+]
+
+
+@dead_letters_app.command("list")
+def dl_list(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List dead letters, newest first."""
+    settings = settings_from(config, None, data_dir=data_dir)
+    rows = _queue_call(
+        settings, lambda q: q.list_dead_letters(reason=reason, since=_since(since), limit=limit)
+    )
+    if as_json:
+        sys.stdout.write(
+            orjson.dumps([_dl_dict(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
+        )
+        return
+    table = Table("id", "time", "reason", "action", "person", "detail")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+        table.add_row(str(r.id), when, r.reason, r.action, r.partition, r.detail[:80])
+    out.print(table)
+    out.print(f"{len(rows)} dead letter(s)")
+
+
+def _dl_dict(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "created_at": r.created_at,
+        "reason": r.reason,
+        "detail": r.detail,
+        "action": r.action,
+        "endpoint": str(r.endpoint),
+        "partition": r.partition,
+        "event_uuid": r.event_uuid,
+        "status": r.status,
+        "operation": orjson.loads(r.body_json),
+        "request": r.request,
+        "response": r.response,
+    }
+
+
+@dead_letters_app.command("show")
+def dl_show(
+    dead_letter_id: Annotated[int, typer.Argument(help="The id from `list`.")],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Everything about one dead letter: the operation, the request, the response."""
+    settings = settings_from(config, None, data_dir=data_dir)
+    row = _queue_call(settings, lambda q: q.get_dead_letter(dead_letter_id))
+    if row is None:
+        fail(f"no dead letter with id {dead_letter_id}", 1)
+    sys.stdout.write(orjson.dumps(_dl_dict(row), option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _select(
+    settings: Settings, ids: list[int] | None, all_: bool, reason: str | None, since: str | None
+) -> list[int]:
+    if ids:
+        return ids
+    if not (all_ or reason or since):
+        fail("name dead-letter ids, or select with --all / --reason / --since", 2)
+    return list(
+        _queue_call(settings, lambda q: q.dead_letter_ids(reason=reason, since=_since(since)))
+    )
+
+
+@dead_letters_app.command("replay")
+def dl_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Re-enqueue dead letters with their original event ids (nothing duplicates)."""
+    settings = settings_from(config, None, data_dir=data_dir)
+    chosen = _select(settings, ids, all_, reason, since)
+    n = _queue_call(settings, lambda q: q.replay_dead_letters(chosen))
+    out.print(f"replayed {n} dead letter(s); the running server delivers them")
+
+
+@dead_letters_app.command("purge")
+def dl_purge(
+    ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    reason: ReasonOpt = None,
+    since: SinceOpt = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Delete dead letters for good."""
+    settings = settings_from(config, None, data_dir=data_dir)
+    chosen = _select(settings, ids, all_, reason, since)
+    n = _queue_call(settings, lambda q: q.purge_dead_letters(chosen))
+    out.print(f"purged {n} dead letter(s)")
 
 
 def main() -> None:
-    raise SystemExit("not yet")
+    try:
+        app()
+    except ConnectorError as exc:
+        if _debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,167 @@
+"""The HTTP app of ``serve``: webhook in, health, readiness, metrics, status.
+
+The webhook answers 200 only after ``Connector.ingest`` returned, i.e. after the operations
+are committed. Errors are classified here, once: ``InputError`` → 400 naming the field,
+``PayloadTooLarge`` → 413, ``QueueUnavailable`` → 503 with ``Retry-After`` (PostHog retries).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Mount, Route
+
+from posthog_customerio import __version__
+from posthog_customerio.errors import InputError, PayloadTooLarge, QueueUnavailable
+from posthog_customerio.runtime import SANDBOX_PREFIX, Connector
+from posthog_customerio.sources.webhook import parse_webhook_body
+
+log = logging.getLogger("posthog_customerio.web")
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def error_response(status: int, message: str, field: str | None = None) -> Response:
+    body: dict[str, Any] = {"error": message}
+    if field:
+        body["field"] = field
+    return json_response(body, status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; stop reading (413) as soon as it is exceeded."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the {limit}-byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def bearer_ok(request: Request, secret: str) -> bool:
+    """Constant-time comparison of ``Authorization: Bearer <secret>``."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(token.strip().encode(), secret.encode())
+
+
+def create_app(connector: Connector, sandbox_app: Any = None) -> Starlette:
+    """Build the Starlette app around a (not yet started) connector."""
+    settings = connector.settings
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+
+    async def webhook(request: Request) -> Response:
+        if secret is not None and not bearer_ok(request, secret):
+            return error_response(401, "missing or wrong Authorization: Bearer <webhook secret>")
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+            events = parse_webhook_body(
+                body, received_ms=int(time.time() * 1000), max_depth=settings.max_json_depth
+            )
+            result = await connector.ingest(events, "webhook")
+        except PayloadTooLarge as exc:
+            return error_response(413, str(exc))
+        except InputError as exc:
+            return error_response(400, exc.message, exc.field)
+        except QueueUnavailable as exc:
+            log.warning("webhook refused: queue unavailable", extra={"ctx": {"error": str(exc)}})
+            return json_response(
+                {"error": f"queue unavailable, retry later: {exc}"}, 503, {"Retry-After": "5"}
+            )
+        return json_response(
+            {
+                "accepted": result.accepted,
+                "dropped": result.dropped_total,
+                "reasons": result.dropped,
+            }
+        )
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok", "version": __version__})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            await connector.stats(max_age_secs=0.5)
+        except Exception as exc:  # any store failure means "not ready", with its reason
+            return json_response({"ready": False, "reason": f"queue unreachable: {exc}"}, 503)
+        if connector.state.credentials == "rejected":
+            return json_response({"ready": False, "reason": "credentials rejected"}, 503)
+        return json_response({"ready": True, "credentials": connector.state.credentials})
+
+    async def metrics(request: Request) -> Response:
+        with contextlib.suppress(Exception):
+            await connector.stats()
+        return Response(
+            connector.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    async def api_status(request: Request) -> Response:
+        return json_response(await status_snapshot(connector))
+
+    async def index(request: Request) -> Response:
+        page = resources.files("posthog_customerio.web").joinpath("status.html").read_text()
+        return HTMLResponse(page)
+
+    routes: list[Route | Mount] = [
+        Route("/webhook", webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/api/status", api_status, methods=["GET"]),
+        Route("/", index, methods=["GET"]),
+    ]
+    if sandbox_app is not None:
+        routes.append(Mount(SANDBOX_PREFIX, app=sandbox_app))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await connector.start()
+        try:
+            yield
+        finally:
+            await connector.stop()
+
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def status_snapshot(connector: Connector) -> dict[str, Any]:
+    """What ``status --json`` and the status page show; never a secret."""
+    stats = await connector.stats()
+    st = connector.state
+    return {
+        "version": __version__,
+        "uptime_secs": round(time.time() - connector.started_at, 1),
+        "customerio": connector.target.url,
+        "sandbox": connector.target.sandbox,
+        "credentials": st.credentials,
+        "queue": {
+            "depth": stats.depth,
+            "oldest_age_secs": round(stats.oldest_age_secs, 3),
+            "dead_letters": stats.dead_letters,
+            "partitions_blocked": stats.partitions_blocked,
+        },
+        "delivery": st.snapshot(),
+    }

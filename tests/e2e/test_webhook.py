@@ -1,0 +1,105 @@
+"""The webhook's answers: 200 only when durable, clear 4xx for bad input, never a 500."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import Sandbox, Serve
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "hook-secret-9b2e71"
+
+
+@pytest.fixture
+def guarded(tmp_path: Path, sandbox: Sandbox) -> Iterator[Serve]:
+    sv = Serve(
+        tmp_path,
+        tmp_path / "data",
+        sandbox,
+        POSTHOG_CUSTOMERIO_WEBHOOK_SECRET=SECRET,
+        POSTHOG_CUSTOMERIO_MAX_BODY_BYTES="4096",
+    )
+    yield sv
+    sv.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "names"),
+    [
+        pytest.param(b"{not json", 400, "JSON", id="malformed-json"),
+        pytest.param(b"\xff\xfe\x00", 400, "UTF-8", id="not-utf8"),
+        pytest.param(b"[]", 400, "", id="empty-array"),
+        pytest.param(b'{"event": {"event": 5, "distinct_id": "u"}}', 400, "event", id="wrong-type"),
+        pytest.param(b'{"event": {"event": "x"}}', 400, "distinct_id", id="no-distinct-id"),
+        pytest.param(b"[" * 5000 + b"]" * 5000, 400, "deep", id="too-deep"),
+    ],
+)
+def test_bad_input_is_400_naming_the_problem(
+    serve: Serve, body: bytes, status: int, names: str
+) -> None:
+    r = serve.http.post("/webhook", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert "error" in err
+    assert names.lower() in (err["error"] + err.get("field", "")).lower()
+    assert serve.status()["queue"]["depth"] == 0
+
+
+def test_secret_required_and_size_limited(guarded: Serve, posthog_samples: Path) -> None:
+    body = json.loads((posthog_samples / "webhook-custom-event.json").read_text())
+    assert guarded.post(body).status_code == 401
+    wrong = guarded.post(body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    ok = guarded.post(body, headers={"Authorization": f"Bearer {SECRET}"})
+    assert ok.status_code == 200, ok.text
+    big = {"event": {**body["event"], "properties": {"blob": "x" * 8000}}}
+    r = guarded.post(big, headers={"Authorization": f"Bearer {SECRET}"})
+    assert r.status_code == 413
+    assert SECRET not in guarded.http.get("/metrics").text
+
+
+def test_health_ready_and_metrics(serve: Serve, posthog_samples: Path) -> None:
+    assert serve.http.get("/healthz").json()["status"] == "ok"
+    body = json.loads((posthog_samples / "webhook-custom-event.json").read_text())
+    assert serve.post(body).status_code == 200
+    serve.wait_drained()
+    assert serve.http.get("/readyz").status_code == 200
+    text = serve.http.get("/metrics").text
+    for name in (
+        "posthog_customerio_events_received_total",
+        "posthog_customerio_events_dropped_total",
+        "posthog_customerio_operations_delivered_total",
+        "posthog_customerio_operations_dead_lettered_total",
+        "posthog_customerio_requests_total",
+        "posthog_customerio_request_duration_seconds",
+        "posthog_customerio_queue_depth_operations",
+        "posthog_customerio_queue_oldest_age_seconds",
+        "posthog_customerio_delivery_latency_seconds",
+    ):
+        assert name in text, name
+    assert 'posthog_customerio_events_received_total{source="webhook"} 1.0' in text
+
+
+def test_readyz_says_credentials_rejected(tmp_path: Path, sandbox: Sandbox) -> None:
+    sandbox.faults(reject_credentials=True)
+    sv = Serve(tmp_path, tmp_path / "data", sandbox)
+    try:
+        body = {"event": {"event": "e", "distinct_id": "u1", "properties": {}}}
+        assert sv.post(body).status_code == 200
+
+        def rejected() -> bool:
+            r = sv.http.get("/readyz")
+            return r.status_code == 503 and "credentials rejected" in r.text
+
+        from tests.e2e.harness import wait_until
+
+        wait_until(rejected, timeout=30)
+        assert sv.status()["queue"]["depth"] >= 1  # kept, not dropped
+        sandbox.faults(reject_credentials=False)
+    finally:
+        sv.close()
