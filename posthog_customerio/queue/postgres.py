@@ -1,0 +1,839 @@
+"""The shared queue: one PostgreSQL database, any number of processes on any number of machines.
+
+This module is the only place that talks to PostgreSQL (procrastinate's connector habit): an
+asyncpg pool, the migrations, and the ``Queue`` as calls to the named statements of
+``postgres_queries``.
+
+Ingest is group-committed like SQLite's: concurrent calls queue up and a few writer tasks each
+take every call waiting and run them in one transaction. The transaction first locks the
+identity rows of every distinct_id the group's events relate to (one statement, sorted ids), so
+two processes mapping events of the same person serialise and sticky flags only ever merge;
+dedup by uuid is checked under those locks and re-checked by the insert.
+
+Delivery is shared through leased partitions. A claim takes ready partitions with
+``FOR UPDATE SKIP LOCKED``, marks its operations ``claimed_by`` this worker and leases their
+partitions (``owner``, ``lease_until``) for ``lease_secs``. A background task renews the leases
+and the worker's heartbeat every ``heartbeat_secs``. A partition is in flight while one of its
+operations is claimed by its owner, so it is never in two requests at once; when a process
+dies its leases run out and any other process takes the partitions, operations included.
+Settles are fenced: retry and release only touch this worker's own claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import asyncpg
+import orjson
+
+from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.queue import postgres_queries as q
+from posthog_customerio.queue.base import (
+    Checkpoint,
+    ClaimedOperation,
+    DeadLetter,
+    IngestResult,
+    Lane,
+    Mapper,
+    QueueStats,
+    Rejection,
+    WorkerInfo,
+)
+from posthog_customerio.queue.codec import decode_state, encode_state
+from posthog_customerio.sources.event import PostHogEvent
+
+__all__ = ["PostgresQueue", "apply_migrations", "migrations", "schema_version"]
+
+log = logging.getLogger("posthog_customerio.queue.postgres")
+
+GROUP_COMMIT_MAX_JOBS = 512
+INGEST_WRITERS = 2  # transactions forming while another commits
+PRUNE_CHUNK_ROWS = 10_000
+DEFAULT_LOCK_TIMEOUT_MS = 5_000
+DEFAULT_POOL_SIZE = 12
+CONNECT_TIMEOUT_SECS = 5.0
+ACQUIRE_TIMEOUT_SECS = 10.0
+SEEN_RACE_ATTEMPTS = 3
+WORKER_SAMPLE_PARTITIONS = 20
+_EMPTY_STATE = encode_state(IdentityState())
+
+# SQLSTATE classes and codes meaning "the database cannot take this now", not "the code is
+# wrong": connection exceptions, insufficient resources, operator intervention (restart,
+# shutdown), system errors, lock timeouts, serialisation failures and deadlocks.
+_UNAVAILABLE_CLASSES = ("08", "53", "57", "58")
+_UNAVAILABLE_CODES = frozenset({"55P03", "40001", "40P01"})
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Driver errors that mean "try later" become QueueUnavailable; bugs stay themselves."""
+    if isinstance(exc, QueueUnavailable):
+        return exc
+    unavailable = False
+    if isinstance(exc, asyncpg.PostgresError):
+        code = str(getattr(exc, "sqlstate", "") or "")
+        unavailable = code.startswith(_UNAVAILABLE_CLASSES) or code in _UNAVAILABLE_CODES
+    elif isinstance(
+        exc,
+        asyncpg.InterfaceError | asyncpg.exceptions.InternalClientError | OSError | TimeoutError,
+    ):
+        unavailable = True  # connection lost, refused or left broken by a restart; pool full
+    if not unavailable:
+        return exc
+    err = QueueUnavailable(f"postgresql: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+@contextlib.asynccontextmanager
+async def _translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+
+
+# --- migrations ----------------------------------------------------------------------------
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of ``sql/postgres/NNNN_*.sql``, in order, numbered 1..n."""
+    root = resources.files("posthog_customerio.queue").joinpath("sql", "postgres")
+    found = sorted(
+        (int(entry.name[:4]), entry.name, entry.read_text(encoding="utf-8"))
+        for entry in root.iterdir()
+        if entry.name.endswith(".sql") and entry.name[:4].isdigit()
+    )
+    if [version for version, _, _ in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"postgres migrations are not numbered 1..n: {[n for _, n, _ in found]}")
+    return found
+
+
+async def schema_version(conn: Any) -> int:
+    if not await conn.fetchval(q.SCHEMA_VERSION_EXISTS):
+        return 0
+    return int(await conn.fetchval(q.CURRENT_SCHEMA_VERSION))
+
+
+async def apply_migrations(conn: Any, target: int | None = None) -> list[int]:
+    """Apply the pending migrations (up to ``target``) in one transaction; returns them.
+
+    Every migrating process takes the same transaction-scoped advisory lock first and reads
+    the version after it, so processes starting at once apply each migration exactly once.
+    """
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute(q.MIGRATION_LOCK, q.MIGRATION_LOCK_KEY)
+        await conn.execute(q.CREATE_SCHEMA_VERSION)
+        current = int(await conn.fetchval(q.CURRENT_SCHEMA_VERSION))
+        for version, name, script in migrations():
+            if version <= current or (target is not None and version > target):
+                continue
+            await conn.execute(script)
+            await conn.execute(q.RECORD_SCHEMA_VERSION, version, name)
+            applied.append(version)
+    return applied
+
+
+# --- ingest jobs ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _IngestJob:
+    events: list[PostHogEvent]
+    mapper: Mapper
+    lane: Lane
+    checkpoint: Checkpoint | None
+    future: asyncio.Future[IngestResult]
+
+
+class _SeenRace(Exception):
+    """Another process committed one of this group's uuids between our check and insert."""
+
+
+@dataclass(slots=True)
+class _Planned:
+    """What one job will write if the group commits."""
+
+    result: IngestResult
+    uuids: list[str] = field(default_factory=list)
+    ops: list[tuple[str, str, str, bytes, str, str]] = field(default_factory=list)
+
+
+def _plan_job(
+    job: _IngestJob,
+    seen: set[str],
+    current: dict[str, IdentityState],
+) -> _Planned:
+    """Map one job's events over the group's states; raises (writing nothing) if mapping does."""
+    local: dict[str, IdentityState] = {}
+    local_seen: set[str] = set()
+    planned = _Planned(IngestResult())
+    dropped: Counter[str] = Counter()
+    actions: Counter[str] = Counter()
+    truncations: Counter[str] = Counter()
+    accepted = 0
+    for event in job.events:
+        if event.uuid in seen or event.uuid in local_seen:
+            dropped["duplicate"] += 1
+            continue
+        local_seen.add(event.uuid)
+        planned.uuids.append(event.uuid)
+        states = {
+            rid: local.get(rid, current.get(rid, IdentityState()))
+            for rid in job.mapper.related_ids(event)
+        }
+        outcome = job.mapper.map(event, states)
+        local.update(outcome.states)
+        for op in outcome.operations:
+            body = orjson.dumps(op.body)
+            planned.ops.append(
+                (
+                    op.partition,
+                    op.endpoint.value,
+                    op.action,
+                    body,
+                    op.event_uuid or event.uuid,
+                    job.lane.value,
+                )
+            )
+            actions[op.action] += 1
+        if outcome.operations:
+            accepted += 1
+        if outcome.dropped is not None:
+            dropped[outcome.dropped] += 1
+        elif not outcome.operations:
+            dropped["nothing_to_send"] += 1
+        truncations.update(outcome.truncations)
+    current.update(local)
+    seen |= local_seen
+    planned.result = IngestResult(
+        accepted=accepted,
+        dropped=dict(dropped),
+        actions=dict(actions),
+        truncations=dict(truncations),
+    )
+    return planned
+
+
+def _claimed(row: Any) -> ClaimedOperation:
+    return ClaimedOperation(
+        id=row[0],
+        partition=row[1],
+        endpoint=Endpoint(row[2]),
+        action=row[3],
+        body_json=bytes(row[4]),
+        attempts=row[5],
+        enqueued_at=row[6],
+        event_uuid=row[7],
+    )
+
+
+def _dead_letter_row(row: Any) -> DeadLetter:
+    return DeadLetter(
+        id=row[0],
+        op_id=row[1],
+        partition=row[2],
+        endpoint=Endpoint(row[3]),
+        action=row[4],
+        body_json=bytes(row[5]),
+        reason=row[6],
+        detail=row[7],
+        request=row[8],
+        response=row[9],
+        status=row[10],
+        created_at=row[11],
+        event_uuid=row[12],
+    )
+
+
+# --- the queue -----------------------------------------------------------------------------
+
+
+class PostgresQueue:
+    """The ``Queue`` on PostgreSQL. Create with :meth:`open`; it connects on :meth:`start` (or
+    the first call) and is closed with :meth:`close`.
+
+    ``owner=True`` is a serving worker: it migrates the schema, registers in ``workers``,
+    heartbeats and renews its leases in the background, and gives its claims back on close.
+    ``owner=False`` is for CLI commands: no migration (it requires the current schema), no
+    registration, and no claims.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        owner: bool,
+        lease_secs: float,
+        heartbeat_secs: float,
+        lock_timeout_ms: int,
+        pool_size: int,
+    ) -> None:
+        self.url = url
+        self.owner = owner
+        self.lease_secs = lease_secs
+        self.heartbeat_secs = heartbeat_secs
+        self._lock_timeout_ms = lock_timeout_ms
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._start_lock: asyncio.Lock | None = None
+        self._closed = False
+        self.worker_id: int | None = None
+        self.commit_count = 0
+        self._jobs: asyncio.Queue[_IngestJob | None] | None = None
+        self._writers: list[asyncio.Task[None]] = []
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._work: asyncio.Event | None = None
+        self.lease_lost_count = 0  # heartbeats that found this worker presumed dead
+        # Claimed and not yet settled, op id → partition: only these partitions' leases are
+        # renewed, so a claim whose answer was lost (connection cut after COMMIT) expires.
+        self._outstanding: dict[int, str] = {}
+        # Settles that failed (database away): retried by the heartbeat until they succeed.
+        self._pending_ack: set[int] = set()
+        self._pending_release: set[int] = set()
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        *,
+        owner: bool = True,
+        lease_secs: float = 30.0,
+        heartbeat_secs: float = 5.0,
+        lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> PostgresQueue:
+        """A queue on ``url`` (``postgresql://`` or ``postgres://``); no I/O until started."""
+        return cls(
+            url,
+            owner=owner,
+            lease_secs=lease_secs,
+            heartbeat_secs=heartbeat_secs,
+            lock_timeout_ms=lock_timeout_ms,
+            pool_size=pool_size,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, migrate (owner), register and start heartbeats; idempotent."""
+        if self._start_lock is None:
+            self._start_lock = asyncio.Lock()
+        async with self._start_lock:
+            if self._closed:
+                raise QueueUnavailable("the queue is closed")
+            if self._pool is not None:
+                return
+            async with _translated():
+                pool = await asyncpg.create_pool(
+                    self.url,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    timeout=CONNECT_TIMEOUT_SECS,
+                    server_settings={
+                        "application_name": "posthog-customerio",
+                        "lock_timeout": str(self._lock_timeout_ms),
+                        "idle_in_transaction_session_timeout": "60000",
+                    },
+                )
+            try:
+                await self._prepare(pool)
+            except BaseException:
+                await pool.close()
+                raise
+            self._pool = pool
+            self._jobs = asyncio.Queue()
+            self._work = asyncio.Event()
+            self._writers = [
+                asyncio.create_task(self._writer(), name=f"pg-ingest-{i}")
+                for i in range(INGEST_WRITERS)
+            ]
+            if self.owner:
+                self._heartbeat = asyncio.create_task(self._beat(), name="pg-heartbeat")
+
+    async def _prepare(self, pool: Any) -> None:
+        async with _translated(), pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn:
+            if self.owner:
+                applied = await apply_migrations(conn)
+                if applied:
+                    log.info("migrated the postgres queue", extra={"ctx": {"applied": applied}})
+                self.worker_id = int(
+                    await conn.fetchval(q.REGISTER_WORKER, socket.gethostname(), os.getpid())
+                )
+            else:
+                have, want = await schema_version(conn), len(migrations())
+                if have != want:
+                    raise QueueUnavailable(
+                        f"the postgres queue has schema version {have}, this version needs "
+                        f"{want}; run `posthog-customerio migrate` (or start `serve` once)"
+                    )
+
+    async def _ready(self) -> Any:
+        if self._pool is None:
+            await self.start()
+        return self._pool
+
+    async def close(self) -> None:
+        """Finish queued ingests, give back this worker's claims, disconnect; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pool is None:
+            return
+        if self._jobs is not None:
+            for _ in self._writers:
+                self._jobs.put_nowait(None)
+            await asyncio.gather(*self._writers, return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self.worker_id is not None:
+            with contextlib.suppress(Exception):
+                await self._settle_pending()  # delivered during an outage: ack them now
+            try:
+                async with (
+                    self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn,
+                    conn.transaction(),
+                ):
+                    await conn.execute(q.RELEASE_WORKER_OPERATIONS, self.worker_id)
+                    await conn.execute(q.RELEASE_WORKER_PARTITIONS, self.worker_id)
+                    await conn.execute(q.UNREGISTER_WORKER, self.worker_id)
+            except Exception:  # the leases run out by themselves
+                log.warning("could not release the claims on close; they expire with the lease")
+        await self._pool.close()
+
+    async def crash_for_tests(self) -> None:
+        """Stop heartbeating and drop the connections without releasing anything, as a
+        SIGKILL would: the leases now run out by themselves."""
+        self._closed = True
+        for task in [*self._writers, *([self._heartbeat] if self._heartbeat else [])]:
+            task.cancel()
+        await asyncio.gather(*self._writers, return_exceptions=True)
+        if self._heartbeat is not None:
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self._pool is not None:
+            self._pool.terminate()
+
+    # -- heartbeats -----------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_secs)
+            try:
+                await self.heartbeat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "heartbeat failed; leases run out after lease_secs without one",
+                    extra={"ctx": {"error": f"{type(exc).__name__}: {exc}"}},
+                )
+
+    async def heartbeat(self) -> None:
+        """Renew this worker's heartbeat and leases; reap workers long dead."""
+        pool = await self._ready()
+        assert self.worker_id is not None
+        async with _translated(), pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn:
+            async with conn.transaction():
+                alive = await conn.fetchval(q.HEARTBEAT, self.worker_id)
+                if alive is None:
+                    self.lease_lost_count += 1
+                    log.warning("this worker was presumed dead; registering again")
+                    await conn.execute(
+                        q.REREGISTER_WORKER, self.worker_id, socket.gethostname(), os.getpid()
+                    )
+                held = sorted(set(self._outstanding.values()))
+                await conn.execute(q.RENEW_LEASES, self.worker_id, self.lease_secs, held)
+            await conn.execute(q.REAP_WORKERS, max(10 * self.lease_secs, 300.0))
+        await self._settle_pending()
+
+    # -- wake-ups -------------------------------------------------------------------------
+
+    def _signal_work(self) -> None:
+        if self._work is not None:
+            self._work.set()
+
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Sleep until this process adds pending work (ingest, replay, release).
+
+        Other processes' work is found by polling: delivery waits at most ``timeout``.
+        """
+        await self._ready()
+        assert self._work is not None
+        try:
+            async with asyncio.timeout(timeout):
+                await self._work.wait()
+        except TimeoutError:
+            return False
+        self._work.clear()
+        return True
+
+    # -- ingest ---------------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        events: Sequence[PostHogEvent],
+        mapper: Mapper,
+        *,
+        lane: Lane = Lane.LIVE,
+        checkpoint: Checkpoint | None = None,
+    ) -> IngestResult:
+        if not events and checkpoint is None:
+            return IngestResult()
+        await self._ready()
+        if self._closed or self._jobs is None:
+            raise QueueUnavailable("the queue is closed")
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._jobs.put_nowait(_IngestJob(list(events), mapper, lane, checkpoint, future))
+        result = await future
+        if result.actions:
+            self._signal_work()
+        return result
+
+    async def _writer(self) -> None:
+        assert self._jobs is not None
+        while True:
+            first = await self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = False
+            while len(batch) < GROUP_COMMIT_MAX_JOBS:
+                try:
+                    job = self._jobs.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+            await self._run_group(batch)
+            if stopping:
+                return
+
+    async def _run_group(self, jobs: list[_IngestJob]) -> None:
+        outcomes: list[IngestResult | BaseException] = []
+        error: BaseException | None = None
+        for _attempt in range(SEEN_RACE_ATTEMPTS):
+            try:
+                async with (
+                    self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn,
+                    conn.transaction(),
+                ):
+                    outcomes = await self._ingest_group(conn, jobs)
+                self.commit_count += 1
+                error = None
+                break
+            except _SeenRace:
+                error = QueueUnavailable("concurrent ingest of the same uuids; try again")
+            except Exception as exc:
+                error = _translate(exc)
+                if not isinstance(error, QueueUnavailable):
+                    error = QueueUnavailable(f"the transaction failed: {exc!r}")
+                    error.__cause__ = exc
+                break
+        for i, job in enumerate(jobs):
+            if job.future.done():
+                continue
+            if error is not None:
+                job.future.set_exception(error)
+            elif isinstance(outcomes[i], BaseException):
+                job.future.set_exception(outcomes[i])  # type: ignore[arg-type]
+            else:
+                job.future.set_result(outcomes[i])  # type: ignore[arg-type]
+
+    async def _ingest_group(
+        self, conn: Any, jobs: list[_IngestJob]
+    ) -> list[IngestResult | BaseException]:
+        now = time.time()
+        related: set[str] = set()
+        failed: dict[int, BaseException] = {}
+        for i, job in enumerate(jobs):
+            try:
+                for event in job.events:
+                    related.update(job.mapper.related_ids(event))
+            except Exception as exc:
+                failed[i] = exc
+        stored: dict[str, IdentityState] = {}
+        if related:
+            rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(related), _EMPTY_STATE, now)
+            stored = {row[0]: decode_state(bytes(row[1])) for row in rows}
+        uuids = sorted(
+            {e.uuid for i, job in enumerate(jobs) if i not in failed for e in job.events}
+        )
+        seen = {row[0] for row in await conn.fetch(q.SEEN_ALREADY, uuids)} if uuids else set()
+        current = dict(stored)
+        outcomes: list[IngestResult | BaseException] = []
+        new_uuids: list[str] = []
+        ops: list[tuple[str, str, str, bytes, str, str]] = []
+        checkpoints: dict[str, str] = {}
+        for i, job in enumerate(jobs):
+            if i in failed:
+                outcomes.append(failed[i])
+                continue
+            snapshot_current, snapshot_seen = dict(current), set(seen)
+            try:
+                planned = _plan_job(job, seen, current)
+            except Exception as exc:  # a mapper bug: this call fails, the others go on
+                current, seen = snapshot_current, snapshot_seen
+                outcomes.append(exc)
+                continue
+            new_uuids.extend(planned.uuids)
+            ops.extend(planned.ops)
+            if job.checkpoint is not None:
+                checkpoints[job.checkpoint.source] = job.checkpoint.position
+            outcomes.append(planned.result)
+        if new_uuids:
+            ordered = sorted(new_uuids)
+            inserted = await conn.fetch(q.MARK_SEEN, ordered, now)
+            if len(inserted) != len(ordered):
+                raise _SeenRace()
+        if ops:
+            rows = await conn.fetch(
+                q.INSERT_OPERATIONS,
+                [o[0] for o in ops],
+                [o[1] for o in ops],
+                [o[2] for o in ops],
+                [o[3] for o in ops],
+                [len(o[3]) for o in ops],
+                [o[4] for o in ops],
+                [o[5] for o in ops],
+                now,
+            )
+            heads: dict[str, int] = {}
+            for op_id, partition in rows:
+                if partition not in heads or op_id < heads[partition]:
+                    heads[partition] = op_id
+            keys = sorted(heads)
+            await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
+        changed = sorted(k for k, v in current.items() if stored.get(k) != v)
+        if changed:
+            await conn.execute(
+                q.PUT_IDENTITIES, changed, [encode_state(current[k]) for k in changed], now
+            )
+        for source, position in sorted(checkpoints.items()):
+            await conn.execute(q.PUT_CHECKPOINT, source, position, now)
+        return outcomes
+
+    async def get_checkpoint(self, source: str) -> str | None:
+        pool = await self._ready()
+        async with _translated():
+            value = await pool.fetchval(q.GET_CHECKPOINT, source)
+        return None if value is None else str(value)
+
+    # -- claim and settle -----------------------------------------------------------------
+
+    async def claim(
+        self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
+    ) -> list[ClaimedOperation]:
+        if max_ops <= 0:
+            return []
+        pool = await self._ready()
+        if self.worker_id is None:
+            raise RuntimeError("only a serving worker (owner=True) claims operations")
+        lane_values = None if lanes is None else sorted(lane.value for lane in lanes)
+        async with _translated(), pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn:
+            async with conn.transaction():
+                await conn.execute(q.FREE_DUE_PARTITIONS, now)
+            rows = await conn.fetch(
+                q.CLAIM, max_ops, max_bytes, self.worker_id, lane_values, self.lease_secs
+            )
+        claimed = sorted((_claimed(row) for row in rows), key=lambda op: op.id)
+        self._outstanding.update((op.id, op.partition) for op in claimed)
+        return claimed
+
+    async def _settle(self, op_ids: Sequence[int], action: Any, *, delivered: bool) -> None:
+        """Run ``action`` on the operations and re-settle their partitions, in one transaction.
+
+        If the database is away, the operations stay this worker's (their leases renewed) and
+        the heartbeat settles them later: acked if they were delivered, else released.
+        """
+        ids = sorted(set(op_ids))
+        if not ids:
+            return
+        try:
+            pool = await self._ready()
+            async with (
+                _translated(),
+                pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn,
+                conn.transaction(),
+            ):
+                keys = [row[0] for row in await conn.fetch(q.LOCK_PARTITIONS_OF, ids)]
+                await action(conn, ids, keys)
+                await conn.execute(q.DELETE_EMPTY_PARTITIONS, keys)
+                await conn.execute(q.SETTLE_PARTITIONS, keys)
+        except QueueUnavailable:
+            mine = [i for i in ids if i in self._outstanding]
+            (self._pending_ack if delivered else self._pending_release).update(mine)
+            raise
+        for op_id in ids:
+            self._outstanding.pop(op_id, None)
+        self._pending_ack.difference_update(ids)
+        if not delivered:
+            self._pending_release.difference_update(ids)
+
+    async def _settle_pending(self) -> None:
+        """Retry the settles the database refused (acks first: those were delivered)."""
+        if self._pending_ack:
+            await self.ack(sorted(self._pending_ack))
+        self._pending_release -= self._pending_ack
+        if self._pending_release:
+            await self.release(sorted(self._pending_release))
+
+    async def ack(self, op_ids: Sequence[int]) -> None:
+        async def action(conn: Any, ids: list[int], keys: list[str]) -> None:
+            await conn.execute(q.DELETE_OPERATIONS, ids)
+
+        await self._settle(op_ids, action, delivered=True)
+
+    async def retry(self, op_ids: Sequence[int], not_before: float, error: str) -> None:
+        async def action(conn: Any, ids: list[int], keys: list[str]) -> None:
+            rows = await conn.fetch(q.RETRY_OPERATIONS, ids, error, self.worker_id)
+            retried = sorted({row[0] for row in rows})
+            if retried:
+                await conn.execute(q.BLOCK_PARTITIONS, retried, not_before, self.worker_id)
+
+        await self._settle(op_ids, action, delivered=False)
+
+    async def release(self, op_ids: Sequence[int]) -> None:
+        async def action(conn: Any, ids: list[int], keys: list[str]) -> None:
+            await conn.execute(q.RELEASE_OPERATIONS, ids, self.worker_id)
+
+        await self._settle(op_ids, action, delivered=False)
+        if op_ids:
+            self._signal_work()
+
+    async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
+        by_id = {r.op_id: r for r in rejections}
+
+        async def action(conn: Any, ids: list[int], keys: list[str]) -> None:
+            chosen = [by_id[i] for i in ids]
+            await conn.execute(
+                q.INSERT_DEAD_LETTERS,
+                [r.op_id for r in chosen],
+                [r.reason for r in chosen],
+                [r.detail for r in chosen],
+                [r.request for r in chosen],
+                [r.response for r in chosen],
+                [r.status for r in chosen],
+                time.time(),
+            )
+            await conn.execute(q.DELETE_OPERATIONS, ids)
+
+        await self._settle(list(by_id), action, delivered=False)
+
+    # -- status ---------------------------------------------------------------------------
+
+    async def stats(self, now: float) -> QueueStats:
+        pool = await self._ready()
+        async with _translated(), pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn:
+            depth = await conn.fetchval(q.COUNT_OPERATIONS)
+            oldest = await conn.fetchval(q.OLDEST_ENQUEUED_AT)
+            dead = await conn.fetchval(q.COUNT_DEAD_LETTERS)
+            blocked = await conn.fetchval(q.BLOCKED_PARTITIONS, now)
+        return QueueStats(
+            depth=int(depth),
+            oldest_age_secs=max(0.0, now - oldest) if oldest is not None else 0.0,
+            dead_letters=int(dead),
+            partitions_blocked=int(blocked),
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Every live serving process (heartbeat within ``lease_secs``) with its partitions."""
+        pool = await self._ready()
+        async with _translated():
+            rows = await pool.fetch(q.LIVE_WORKERS, self.lease_secs, WORKER_SAMPLE_PARTITIONS)
+        return [
+            WorkerInfo(
+                id=str(row[0]),
+                host=row[1],
+                pid=row[2],
+                started_at=row[3],
+                heartbeat_at=row[4],
+                partitions=int(row[5]),
+                partition_sample=tuple(row[6]),
+                this_process=row[0] == self.worker_id,
+            )
+            for row in rows
+        ]
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    async def list_dead_letters(
+        self, reason: str | None = None, since: float | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        pool = await self._ready()
+        async with _translated():
+            rows = await pool.fetch(q.LIST_DEAD_LETTERS, reason, since, limit)
+        return [_dead_letter_row(row) for row in rows]
+
+    async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
+        pool = await self._ready()
+        async with _translated():
+            row = await pool.fetchrow(q.GET_DEAD_LETTER, dead_letter_id)
+        return _dead_letter_row(row) if row is not None else None
+
+    async def dead_letter_ids(
+        self, reason: str | None = None, since: float | None = None
+    ) -> list[int]:
+        """Ids of the dead letters matching the filters, oldest first (for replay/purge all)."""
+        pool = await self._ready()
+        async with _translated():
+            rows = await pool.fetch(q.DEAD_LETTER_IDS, reason, since)
+        return [int(row[0]) for row in rows]
+
+    async def replay_dead_letters(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        pool = await self._ready()
+        async with (
+            _translated(),
+            pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn,
+            conn.transaction(),
+        ):
+            rows = await conn.fetch(q.REPLAY_DEAD_LETTERS, sorted(set(ids)), time.time())
+            heads: dict[str, int] = {}
+            for op_id, partition in rows:
+                heads[partition] = min(op_id, heads.get(partition, op_id))
+            if heads:
+                keys = sorted(heads)
+                await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
+        replayed = len(rows)
+        if replayed:
+            self._signal_work()
+        return replayed
+
+    async def purge_dead_letters(self, ids: Sequence[int]) -> int:
+        if not ids:
+            return 0
+        pool = await self._ready()
+        async with _translated():
+            status = await pool.execute(q.PURGE_DEAD_LETTERS, sorted(set(ids)))
+        return int(status.split()[-1])
+
+    async def prune_seen(self, older_than: float) -> int:
+        """Forget uuids first seen before the Unix time ``older_than``; returns how many."""
+        pool = await self._ready()
+        total = 0
+        while True:
+            async with _translated():
+                status = await pool.execute(q.PRUNE_SEEN_CHUNK, older_than, PRUNE_CHUNK_ROWS)
+            deleted = int(status.split()[-1])
+            total += deleted
+            if deleted < PRUNE_CHUNK_ROWS:
+                return total
