@@ -25,11 +25,30 @@ class RedactingFilter(logging.Filter):
         super().__init__()
         self._secrets = [s for s in secrets if s and len(s) >= 4]
 
+    def add(self, secrets: Iterable[str]) -> None:
+        """Also redact these (a config reload brought new secrets); old ones stay redacted."""
+        for secret in secrets:
+            if secret and len(secret) >= 4 and secret not in self._secrets:
+                self._secrets.append(secret)
+
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, "[redacted]")
         return text
+
+    def _scrub_value(self, value: Any) -> Any:
+        """Scrub strings wherever they are, keeping numbers, booleans and nesting as they are
+        (so JSON logs keep their types); anything else is scrubbed as its text."""
+        if isinstance(value, str):
+            return self._scrub(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, dict):
+            return {str(k): self._scrub_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub_value(v) for v in value]
+        return self._scrub(str(value))
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self._secrets:
@@ -37,7 +56,7 @@ class RedactingFilter(logging.Filter):
             record.args = None
             ctx = getattr(record, _RESERVED, None)
             if isinstance(ctx, dict):
-                setattr(record, _RESERVED, {k: self._scrub(str(v)) for k, v in ctx.items()})
+                setattr(record, _RESERVED, {k: self._scrub_value(v) for k, v in ctx.items()})
         return True
 
 
@@ -57,7 +76,7 @@ class TextFormatter(logging.Formatter):
             f"logger={record.name.removeprefix('posthog_customerio.')}",
             f"msg={_quote(record.getMessage())}",
         ]
-        parts.extend(f"{k}={_quote(str(v))}" for k, v in _context(record).items())
+        parts.extend(f"{k}={_quote(_text(v))}" for k, v in _context(record).items())
         if record.exc_info:
             parts.append(f"exc={_quote(self.formatException(record.exc_info))}")
         return " ".join(parts)
@@ -79,6 +98,13 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+def _text(value: Any) -> str:
+    """A context value in a text line: dicts and lists as compact JSON."""
+    if isinstance(value, dict | list | tuple):
+        return orjson.dumps(value, default=str).decode()
+    return str(value)
+
+
 def _quote(value: str) -> str:
     if value and all(c not in value for c in ' "=\n'):
         return value
@@ -97,3 +123,12 @@ def configure(fmt: str = "text", level: int = logging.INFO, secrets: Iterable[st
     root.setLevel(level)
     for noisy in ("uvicorn.access", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Extend the redaction of the handlers ``configure`` installed (config reload)."""
+    wanted = list(secrets)
+    for handler in logging.getLogger().handlers:
+        for f in handler.filters:
+            if isinstance(f, RedactingFilter):
+                f.add(wanted)

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import re
+import signal
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from posthog_customerio import logs
 from posthog_customerio.customerio.client import TrackClient
 from posthog_customerio.delivery.ratelimit import RateLimiter
 from posthog_customerio.delivery.state import DeliveryState
@@ -21,15 +27,34 @@ from posthog_customerio.delivery.worker import DeliveryWorker
 from posthog_customerio.errors import ConfigError
 from posthog_customerio.mapping.mapper import EventMapper
 from posthog_customerio.metrics import Metrics
-from posthog_customerio.queue.base import IngestResult, Queue, QueueStats
+from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane, Queue, QueueStats
 from posthog_customerio.queue.sqlite import SQLiteQueue
 from posthog_customerio.settings import Settings
 from posthog_customerio.sources.event import PostHogEvent
+
+if TYPE_CHECKING:
+    from posthog_customerio.sources.backfill import FollowState
 
 log = logging.getLogger("posthog_customerio.runtime")
 
 SANDBOX_PREFIX = "/sandbox"
 SANDBOX_CREDENTIALS = ("sandbox", "sandbox")
+
+# What a reload (SIGHUP) cannot change in a running process: it keeps the old value and says
+# that the new one needs a restart.
+RESTART_FIELDS = (
+    "host",
+    "port",
+    "data_dir",
+    "database_url",
+    "sandbox",
+    "insecure_no_auth",
+    "log_format",
+)
+RESTART_DELIVERY_FIELDS = ("max_in_flight",)
+SECRET_FIELDS = frozenset({"api_key", "webhook_secret", "admin_token", "posthog_personal_api_key"})
+CREDENTIAL_FIELDS = frozenset({"site_id", "api_key", "region", "track_url"})
+MAPPING_FIELDS = frozenset({"anonymous_users", "event_allowlist", "identify_by_email"})
 
 
 def sqlite_path(database_url: str) -> Path:
@@ -39,11 +64,55 @@ def sqlite_path(database_url: str) -> Path:
     return Path(database_url.removeprefix("sqlite:///"))
 
 
+def redact_url(url: str) -> str:
+    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
+    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def is_postgres(database_url: str) -> bool:
+    return database_url.startswith(("postgresql://", "postgres://"))
+
+
 def open_queue(settings: Settings, *, owner: bool) -> Queue:
-    """The queue named by ``database_url``; creates the data directory on first use."""
-    path = sqlite_path(settings.effective_database_url)
+    """The queue named by ``database_url``: SQLite (creates the data directory on first use)
+    or PostgreSQL (connects on ``start_queue`` or its first call)."""
+    url = settings.effective_database_url
+    if is_postgres(url):
+        from posthog_customerio.queue.postgres import PostgresQueue
+
+        d = settings.delivery
+        return PostgresQueue.open(
+            url, owner=owner, lease_secs=d.lease_secs, heartbeat_secs=d.heartbeat_secs
+        )
+    path = sqlite_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return SQLiteQueue.open(path, owner=owner)
+
+
+async def workers_snapshot(queue: Queue) -> list[dict[str, object]]:
+    """The live serving processes for status (one with SQLite, every one on PostgreSQL)."""
+    now = time.time()
+    return [
+        {
+            "id": w.id,
+            "host": w.host,
+            "pid": w.pid,
+            "started_at": round(w.started_at, 3),
+            "heartbeat_age_secs": round(max(0.0, now - w.heartbeat_at), 3),
+            "partitions": w.partitions,
+            "partition_sample": list(w.partition_sample),
+            "this_process": w.this_process,
+        }
+        for w in await queue.workers()
+    ]
+
+
+async def start_queue(queue: Queue) -> None:
+    """Connect (and as owner migrate and register) now, so that ``serve`` fails at start-up
+    rather than on its first webhook. SQLite is ready once opened."""
+    start = getattr(queue, "start", None)
+    if start is not None:
+        await start()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +142,18 @@ def delivery_target(settings: Settings, own_url: str) -> Target:
 class Connector:
     """The running service: ingest into the queue, deliver from it."""
 
-    def __init__(self, settings: Settings, target: Target, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        target: Target,
+        metrics: Metrics | None = None,
+        *,
+        reload_settings: Callable[[], Settings] | None = None,
+    ):
         self.settings = settings
+        self._reload_settings = reload_settings  # re-reads the config sources (SIGHUP)
+        self._limiter: RateLimiter | None = None
+        self._retired_clients: list[TrackClient] = []
         self.target = target
         self.metrics = metrics or Metrics()
         self.state = DeliveryState()
@@ -86,6 +165,8 @@ class Connector:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stats_cache: tuple[float, QueueStats] | None = None
+        self._follow: asyncio.Task[None] | None = None
+        self.follow_state: FollowState | None = None  # serve --follow-posthog, for status
 
     @property
     def queue(self) -> Queue:
@@ -95,6 +176,7 @@ class Connector:
 
     async def start(self) -> None:
         self._queue = open_queue(self.settings, owner=True)
+        await start_queue(self._queue)
         d = self.settings.delivery
         self._client = TrackClient(
             self.target.url,
@@ -102,16 +184,20 @@ class Connector:
             self.target.api_key,
             timeout_secs=d.request_timeout_secs,
         )
-        limiter = RateLimiter(d.rate_limit_rps)
+        limiter = self._limiter = RateLimiter(d.rate_limit_rps)
         self._worker = DeliveryWorker(
             self._queue, self._client, limiter, d, self.metrics, self.state
         )
         self._task = asyncio.create_task(self._worker.run(self._stop), name="delivery")
+        if self.settings.follow_posthog:
+            self._follow = asyncio.create_task(self._follow_posthog(), name="posthog-follow")
+        if self._reload_settings is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
             "connector started",
             extra={
                 "ctx": {
-                    "database": self.settings.effective_database_url,
+                    "database": redact_url(self.settings.effective_database_url),
                     "customerio": self.target.url,
                     "sandbox": self.target.sandbox,
                 }
@@ -121,6 +207,14 @@ class Connector:
     async def stop(self) -> None:
         """Drain in-flight deliveries within the grace period, then close the queue."""
         self._stop.set()
+        if self._follow is not None:  # it stops after its current chunk (committed or not)
+            try:
+                await asyncio.wait_for(self._follow, self.settings.delivery.shutdown_grace_secs)
+            except BaseException:
+                self._follow.cancel()
+        if self._reload_settings is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         if self._worker is not None:
             with contextlib.suppress(Exception):
                 await self._worker.drain(self.settings.delivery.shutdown_grace_secs)
@@ -132,15 +226,123 @@ class Connector:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
-        if self._client is not None:
-            await self._client.aclose()
+        for client in [self._client, *self._retired_clients]:
+            if client is not None:
+                await client.aclose()
         if self._queue is not None:
             await self._queue.close()
         log.info("connector stopped")
 
-    async def ingest(self, events: list[PostHogEvent], source: str) -> IngestResult:
+    # ---------------------------------------------------------------- reload (SIGHUP)
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading the configuration")
+        self.reload_from_sources()
+
+    def reload_from_sources(self) -> list[str]:
+        """Re-read the config sources ``serve`` started with and apply what changed.
+
+        An invalid new config changes nothing: every problem is logged and the running config
+        stays. Returns the changes applied (or refused), as logged.
+        """
+        if self._reload_settings is None:
+            return []
+        try:
+            new = self._reload_settings()
+        except ConfigError as exc:
+            log.error(
+                "config reload failed; the running config is kept",
+                extra={"ctx": {"problems": len(exc.problems)}},
+            )
+            for problem in exc.problems:
+                log.error("config reload problem", extra={"ctx": {"problem": problem}})
+            return []
+        if (
+            not _is_loopback(self.settings.host)
+            and new.webhook_secret is None
+            and not self.settings.insecure_no_auth
+        ):
+            log.error(
+                "config reload refused; the running config is kept",
+                extra={"ctx": {"problem": "webhook_secret: required on a non-loopback address"}},
+            )
+            return []
+        return self.reload(new)
+
+    def reload(self, new: Settings) -> list[str]:
+        """Apply ``new`` to the running connector; fields of ``RESTART_FIELDS`` keep their
+        old value. Logs each change by option name, never a secret's value."""
+        old = self.settings
+        keep = {f: getattr(old, f) for f in RESTART_FIELDS}
+        delivery = new.delivery.model_copy(
+            update={f: getattr(old.delivery, f) for f in RESTART_DELIVERY_FIELDS}
+        )
+        effective = new.model_copy(update={**keep, "delivery": delivery})
+        messages: list[str] = []
+        for name in RESTART_FIELDS:
+            if getattr(new, name) != getattr(old, name):
+                messages.append(f"{name}: changed in the config, takes effect after a restart")
+        for name in RESTART_DELIVERY_FIELDS:
+            if getattr(new.delivery, name) != getattr(old.delivery, name):
+                messages.append(f"{name}: changed in the config, takes effect after a restart")
+        changed = _changed_fields(old, effective)
+        for name in changed:
+            if name in SECRET_FIELDS:
+                messages.append(f"{name}: changed")
+            else:
+                before, after = _field(old, name), _field(effective, name)
+                messages.append(f"{name}: {before!r} -> {after!r}")
+        if changed & CREDENTIAL_FIELDS and (self.target.sandbox or not effective.has_credentials):
+            messages.append("credentials: switching to or from the sandbox needs a restart")
+            effective = effective.model_copy(update={f: getattr(old, f) for f in CREDENTIAL_FIELDS})
+            changed -= CREDENTIAL_FIELDS
+        logs.add_secrets(
+            s.get_secret_value()
+            for s in (effective.api_key, effective.webhook_secret, effective.admin_token)
+            if s is not None
+        )
+        self.settings = effective
+        if changed & MAPPING_FIELDS:
+            self.mapper = EventMapper(effective.mapping_rules())
+        client: TrackClient | None = None
+        if changed & CREDENTIAL_FIELDS and effective.has_credentials:
+            assert effective.site_id is not None and effective.api_key is not None
+            self.target = Target(
+                effective.effective_track_url,
+                effective.site_id,
+                effective.api_key.get_secret_value(),
+                sandbox=False,
+            )
+            if self._client is not None:
+                self._retired_clients.append(self._client)  # in-flight requests finish on it
+                client = self._client = TrackClient(
+                    self.target.url,
+                    self.target.site_id,
+                    self.target.api_key,
+                    timeout_secs=effective.delivery.request_timeout_secs,
+                )
+        if self._worker is not None:
+            self._worker.reconfigure(effective.delivery, client)
+        if self._limiter is not None and effective.delivery.rate_limit_rps != (
+            old.delivery.rate_limit_rps
+        ):
+            self._limiter.set_max_rate(effective.delivery.rate_limit_rps)
+        if not messages:
+            messages.append("nothing changed")
+        for message in messages:
+            log.info("config reloaded", extra={"ctx": {"change": message}})
+        return messages
+
+    async def ingest(
+        self,
+        events: Sequence[PostHogEvent],
+        source: str,
+        *,
+        lane: Lane = Lane.LIVE,
+        checkpoint: Checkpoint | None = None,
+    ) -> IngestResult:
         """Map and commit; returns once durable. Counts metrics for the caller's source."""
-        result = await self.queue.ingest(events, self.mapper)
+        result = await self.queue.ingest(events, self.mapper, lane=lane, checkpoint=checkpoint)
         m = self.metrics
         m.events_received.labels(source).inc(len(events))
         for reason, n in result.dropped.items():
@@ -150,6 +352,51 @@ class Connector:
         for kind, n in result.truncations.items():
             m.mapping_truncations.labels(kind).inc(n)
         return result
+
+    async def _follow_posthog(self) -> None:
+        """``serve --follow-posthog``: the PostHog API source in-process (DESIGN.md §7)."""
+        from posthog_customerio.sources import backfill
+        from posthog_customerio.sources.posthog_api import ApiQuery, PostHogQueryClient
+
+        s = self.settings
+        assert s.posthog_url and s.posthog_project_id and s.posthog_personal_api_key
+        source = backfill.api_source(s.posthog_url, s.posthog_project_id)
+        state = self.follow_state = backfill.FollowState(source)
+        client = PostHogQueryClient(
+            s.posthog_url, s.posthog_project_id, s.posthog_personal_api_key.get_secret_value()
+        )
+        # Without a checkpoint, start at the lag window: history is `backfill`'s job.
+        query = ApiQuery(since=backfill.iso(int((time.time() - s.follow_lag_secs) * 1000)))
+
+        async def ingest(
+            events: Sequence[PostHogEvent], *, lane: Lane, checkpoint: Checkpoint | None
+        ) -> IngestResult:
+            return await self.ingest(events, "posthog_api", lane=lane, checkpoint=checkpoint)
+
+        log.info("following PostHog", extra={"ctx": {"source": source}})
+        try:
+            while not self._stop.is_set():
+                chunks = backfill.follow_chunks(
+                    client,
+                    query,
+                    source,
+                    self.queue.get_checkpoint,
+                    self._stop,
+                    poll_secs=s.follow_poll_secs,
+                    lag_secs=s.follow_lag_secs,
+                    follow=True,
+                    state=state,
+                )
+                try:
+                    await backfill.run(chunks, ingest, backfill.BackfillStats(), stop=self._stop)
+                except Exception as exc:  # the queue refused a chunk: resume from the checkpoint
+                    log.exception("posthog follow failed; retrying")
+                    state.last_error = f"{type(exc).__name__}: {exc}"
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(s.follow_poll_secs):
+                            await self._stop.wait()
+        finally:
+            await client.aclose()
 
     async def stats(self, max_age_secs: float = 1.0) -> QueueStats:
         """Queue stats, cached briefly so scrapes and page polls stay cheap."""
@@ -163,3 +410,28 @@ class Connector:
         m.queue_oldest_age.set(stats.oldest_age_secs)
         m.dead_letters.set(stats.dead_letters)
         return stats
+
+
+def _field(settings: Settings, name: str) -> object:
+    if name in Settings.model_fields and name != "delivery":
+        return getattr(settings, name)
+    return getattr(settings.delivery, name)
+
+
+def _changed_fields(old: Settings, new: Settings) -> set[str]:
+    """Names of the options (top level and delivery) whose values differ."""
+    names = [n for n in Settings.model_fields if n != "delivery"]
+    changed = {n for n in names if getattr(old, n) != getattr(new, n)}
+    changed |= {
+        n
+        for n in type(old.delivery).model_fields
+        if getattr(old.delivery, n) != getattr(new.delivery, n)
+    }
+    return changed
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

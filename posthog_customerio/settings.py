@@ -22,6 +22,7 @@ from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 
 _log = logging.getLogger("posthog_customerio.settings")
 
+DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
 
@@ -42,6 +43,13 @@ class DeliverySettings(BaseModel):
     request_timeout_secs: float = Field(default=30.0, gt=0, le=600)
     credentials_recheck_secs: float = Field(default=30.0, gt=0, le=3_600)
     shutdown_grace_secs: float = Field(default=10.0, ge=0, le=600)
+    # PostgreSQL scale-out: a process's claimed partitions stay leased to it until lease_secs
+    # after its last heartbeat; it renews them (and its heartbeat) every heartbeat_secs.
+    lease_secs: float = Field(default=30.0, gt=0, le=3_600)
+    heartbeat_secs: float = Field(default=5.0, gt=0, le=600)
+    # Minimum fraction (0..1) of delivery requests given to backfill operations while live
+    # ones wait too; live traffic gets the rest, and all of it when no backfill is pending.
+    backfill_share: float = Field(default=0.5, ge=0, le=1)
 
 
 class Settings(BaseModel):
@@ -71,6 +79,15 @@ class Settings(BaseModel):
     max_json_depth: int = Field(default=64, ge=4, le=1_000)
     dedup_window_secs: float = Field(default=7 * 24 * 3600.0, gt=0)
     log_format: Literal["text", "json"] = "text"
+    status_history_interval_secs: float = Field(default=10.0, ge=0.1, le=600)  # status page charts
+
+    # PostHog's query API, for `backfill --posthog-url` and `serve --follow-posthog`.
+    posthog_url: str | None = None
+    posthog_project_id: int | None = Field(default=None, ge=1)
+    posthog_personal_api_key: SecretStr | None = None
+    follow_posthog: bool = False
+    follow_poll_secs: float = Field(default=30.0, gt=0, le=3_600)
+    follow_lag_secs: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
 
     delivery: DeliverySettings = DeliverySettings()
 
@@ -116,7 +133,7 @@ PLUGIN_HOSTS = {"track.customer.io": "us", "track-eu.customer.io": "eu"}
 
 _TOP_FIELDS = set(Settings.model_fields) - {"delivery"}
 _DELIVERY_FIELDS = set(DeliverySettings.model_fields)
-_SECRET_FIELDS = {"api_key", "webhook_secret", "admin_token"}
+_SECRET_FIELDS = {"api_key", "webhook_secret", "admin_token", "posthog_personal_api_key"}
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
@@ -236,7 +253,15 @@ def load_settings(
     delivery = {k: v for k, v in merged.items() if k in _DELIVERY_FIELDS}
     if "event_allowlist" in top:
         top["event_allowlist"] = parse_allowlist(top["event_allowlist"])
-    for key in ("webhook_secret", "admin_token", "api_key", "site_id", "track_url"):
+    for key in (
+        "webhook_secret",
+        "admin_token",
+        "api_key",
+        "site_id",
+        "track_url",
+        "posthog_url",
+        "posthog_personal_api_key",
+    ):
         if top.get(key) == "":
             top.pop(key)
     if bool(top.get("site_id")) != bool(top.get("api_key")):
@@ -261,11 +286,25 @@ def _cross_checks(s: Settings) -> list[str]:
     problems = []
     if s.track_url is not None and not s.track_url.startswith(("http://", "https://")):
         problems.append(f"track_url: {s.track_url!r} must start with https:// or http://")
+    if s.posthog_url is not None and not s.posthog_url.startswith(("http://", "https://")):
+        problems.append(f"posthog_url: {s.posthog_url!r} must start with https:// or http://")
+    if s.follow_posthog:
+        missing = [
+            name
+            for name in ("posthog_url", "posthog_project_id", "posthog_personal_api_key")
+            if getattr(s, name) is None
+        ]
+        problems.extend(f"{name}: required by follow_posthog" for name in missing)
     d = s.delivery
     if d.retry_initial_backoff_secs > d.retry_max_backoff_secs:
         problems.append("retry_initial_backoff_secs: must not exceed retry_max_backoff_secs")
+    if d.heartbeat_secs * 2 > d.lease_secs:
+        problems.append("heartbeat_secs: must be at most half of lease_secs")
     db = s.effective_database_url
-    if not db.startswith("sqlite:///"):
+    if not db.startswith(DATABASE_SCHEMES):
         scheme = db.split(":", 1)[0]
-        problems.append(f"database_url: scheme {scheme!r} is not supported yet (use sqlite:///)")
+        problems.append(
+            f"database_url: scheme {scheme!r} is not supported "
+            "(use sqlite:///PATH or postgresql://USER@HOST/DB)"
+        )
     return problems

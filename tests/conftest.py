@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import pg_server, pg_url
+
+__all__ = ["pg_server", "pg_url"]  # fixtures: PostgreSQL per test (tests/pg.py)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 POSTHOG_SAMPLES = SHARED / "posthog"

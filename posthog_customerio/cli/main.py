@@ -74,7 +74,12 @@ def settings_from(config: Path | None, plugin_config: Path | None, **cli: Any) -
 def secrets_of(settings: Settings) -> list[str]:
     return [
         s.get_secret_value()
-        for s in (settings.api_key, settings.webhook_secret, settings.admin_token)
+        for s in (
+            settings.api_key,
+            settings.webhook_secret,
+            settings.admin_token,
+            settings.posthog_personal_api_key,
+        )
         if s is not None
     ]
 
@@ -118,19 +123,27 @@ def serve(
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="text or json.", show_default=False)
     ] = None,
+    follow_posthog: Annotated[
+        bool,
+        typer.Option(
+            "--follow-posthog",
+            help="Also poll PostHog's query API for new events (needs posthog_url, "
+            "posthog_project_id, posthog_personal_api_key).",
+        ),
+    ] = False,
 ) -> None:
-    """Webhook + delivery + status page in one process."""
-    settings = settings_from(
-        config,
-        plugin_config,
-        data_dir=data_dir,
-        host=host,
-        port=port,
-        sandbox=sandbox or None,
-        insecure_no_auth=insecure_no_auth or None,
-        database_url=database_url,
-        log_format=log_format,
-    )
+    """Webhook + delivery + status page in one process. SIGHUP reloads the config."""
+    cli_values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "host": host,
+        "port": port,
+        "sandbox": sandbox or None,
+        "insecure_no_auth": insecure_no_auth or None,
+        "database_url": database_url,
+        "log_format": log_format,
+        "follow_posthog": follow_posthog or None,
+    }
+    settings = settings_from(config, plugin_config, **cli_values)
     logs.configure(settings.log_format, secrets=secrets_of(settings))
     if (
         not is_loopback(settings.host)
@@ -144,8 +157,11 @@ def serve(
         )
     from posthog_customerio.web.server import run_server
 
+    def reload_settings() -> Settings:  # SIGHUP: the same sources, read again
+        return load_settings(cli=cli_values, config_file=config, plugin_config=plugin_config)
+
     try:
-        run_server(settings)
+        run_server(settings, reload_settings)
     except ConnectorError as exc:
         if _debug:
             raise
@@ -271,6 +287,14 @@ def status(
     out.print(f"queue depth:     {q['depth']} operations")
     out.print(f"oldest pending:  {q['oldest_age_secs']:.1f} s")
     out.print(f"dead letters:    {q['dead_letters']}")
+    for w in snapshot.get("workers") or []:
+        this = " (answering this status)" if w.get("this_process") else ""
+        sample = ", ".join(w.get("partition_sample") or [])
+        out.print(
+            f"worker {w['id']}:{' ' * max(1, 8 - len(str(w['id'])))}{w['host']} pid {w['pid']}, "
+            f"{w['partitions']} partition(s) leased, heartbeat {w['heartbeat_age_secs']:.1f} s ago"
+            f"{this}" + (f" [{sample}]" if sample else "")
+        )
     d = snapshot.get("delivery") or {}
     if d:
         out.print(f"delivered:       {d.get('delivered', 0)} operations")
@@ -279,15 +303,17 @@ def status(
 
 
 async def _offline_status(settings: Settings) -> dict[str, Any]:
-    from posthog_customerio.runtime import open_queue
+    from posthog_customerio.runtime import open_queue, workers_snapshot
 
     queue = open_queue(settings, owner=False)
     try:
         s = await queue.stats(time.time())
+        workers = await workers_snapshot(queue)
     finally:
         await queue.close()
     return {
         "server": "not running",
+        "workers": workers,
         "credentials": "unknown",
         "queue": {
             "depth": s.depth,
@@ -297,6 +323,51 @@ async def _offline_status(settings: Settings) -> dict[str, Any]:
         },
         "delivery": None,
     }
+
+
+@app.command()
+def migrate(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Bring the queue's schema up to date (serve also does it on start-up)."""
+    settings = settings_from(config, None, data_dir=data_dir)
+    applied = asyncio.run(_migrate(settings.effective_database_url))
+    if applied:
+        out.print(f"applied migration(s) {', '.join(map(str, applied))}")
+    else:
+        out.print("the schema is up to date")
+
+
+async def _migrate(url: str) -> list[int]:
+    from posthog_customerio.runtime import is_postgres, sqlite_path
+
+    if is_postgres(url):
+        import asyncpg
+
+        from posthog_customerio.errors import QueueUnavailable
+        from posthog_customerio.queue import postgres
+
+        try:
+            conn = await asyncpg.connect(url, timeout=postgres.CONNECT_TIMEOUT_SECS)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            raise QueueUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            return await postgres.apply_migrations(conn)
+        finally:
+            await conn.close()
+    import sqlite3
+
+    from posthog_customerio.queue import sqlite as sqlite_queue
+
+    path = sqlite_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn_sqlite = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn_sqlite.execute("PRAGMA busy_timeout = 5000")
+        return sqlite_queue.apply_migrations(conn_sqlite)
+    finally:
+        conn_sqlite.close()
 
 
 def _read_events(paths: list[str]) -> list[Any]:
@@ -493,5 +564,9 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
 
+
+from posthog_customerio.cli.backfill import backfill as _backfill  # noqa: E402
+
+app.command("backfill")(_backfill)
 
 __all__ = ["app", "main"]

@@ -9,24 +9,38 @@ Burst: in any one-second window at most ``rate + burst - 1`` requests pass. A bu
 the rate would allow ~2R in the first second, so the default is ``rate / 10`` (at least 1):
 never more than 10 % over the configured rate, while still absorbing scheduling jitter.
 
-AIMD (why and how): the account limit is shared and unknown, so on a 429 the rate halves (at
-most once per ``DECREASE_COOLDOWN_SECS``, because every request already in flight reports the
-same 429) down to a floor of ``min(1 rps, max)``; each success then adds
-``max / 20`` per second elapsed since the previous adjustment (at most one second's worth per
-call), so a full recovery takes about 20 s of successful traffic and sparse traffic recovers
-slowly rather than jumping back after an idle pause.
+AIMD with a learned ceiling (why and how): the account limit is shared and unknown. On a 429
+(acted on at most once per ``DECREASE_COOLDOWN_SECS``, because every request already in flight
+reports the same 429) the limiter looks at how many answers were accepted in the last
+``ACCEPTED_WINDOW_SECS``: that is what the server lets through, so the rate drops to 90 % of
+it (``CEILING_FRACTION``, and at least 10 % down) and that value becomes the *ceiling*. With
+no accepted answer to measure, the rate halves (classic AIMD) and no ceiling is learned. The
+floor is ``min(1 rps, max)``.
+
+Recovery: each success adds ``max / 20`` per second elapsed since the previous adjustment (at
+most one second's worth per call, so sparse traffic recovers slowly) up to the ceiling, or the
+configured max when none was learned. A ceiling is held for ``CEILING_HOLD_SECS`` after the
+last 429; then the limiter probes above it by 0.5 % of it per second of success
+(``PROBE_FRACTION_PER_SEC``), so a raised account limit is found again, and the next 429
+learns a new ceiling. Probing that slowly keeps every one-second window within ~10 % of what
+the server allows, where plain AIMD would overshoot it on every recovery.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 MIN_RATE_RPS = 1.0
 RECOVERY_FRACTION_PER_SEC = 1 / 20
 DECREASE_COOLDOWN_SECS = 1.0
 DEFAULT_BURST_FRACTION = 0.1
+ACCEPTED_WINDOW_SECS = 1.0
+CEILING_FRACTION = 0.9
+CEILING_HOLD_SECS = 30.0
+PROBE_FRACTION_PER_SEC = 0.005
 
 
 class RateLimiter:
@@ -52,6 +66,8 @@ class RateLimiter:
         self._tat = clock()  # theoretical arrival time of the next request
         self._last_adjust = clock()
         self._last_decrease = float("-inf")
+        self._ceiling: float | None = None  # learned from the accepted rate at the last 429
+        self._accepted: deque[float] = deque()  # times of accepted answers, last window only
 
     @property
     def current_rate(self) -> float:
@@ -60,6 +76,11 @@ class RateLimiter:
     @property
     def max_rate(self) -> float:
         return self._max_rate
+
+    @property
+    def ceiling(self) -> float | None:
+        """The rate the server was seen to accept at the last 429 (x 0.9), or None."""
+        return self._ceiling
 
     @property
     def burst(self) -> float:
@@ -88,22 +109,43 @@ class RateLimiter:
         return wait if wait > 1e-9 else 0.0  # float sums of intervals must not cost a sleep
 
     def on_throttled(self) -> None:
-        """A 429: halve the rate, once per cooldown however many in-flight requests report it."""
+        """A 429: drop to 90 % of the rate the server accepted in the last window (learning it
+        as the ceiling), or halve without that measure; once per cooldown."""
         now = self._clock()
         if now - self._last_decrease < DECREASE_COOLDOWN_SECS:
             return
         self._last_decrease = now
         self._last_adjust = now
-        self._rate = max(self.floor_rate, self._rate / 2)
+        accepted = self._accepted_rate(now)
+        if accepted > 0:
+            learned = max(self.floor_rate, min(self._max_rate, accepted * CEILING_FRACTION))
+            self._ceiling = learned
+            self._rate = max(self.floor_rate, min(self._rate * CEILING_FRACTION, learned))
+        else:
+            self._rate = max(self.floor_rate, self._rate / 2)
 
     def on_success(self) -> None:
-        """A non-throttled answer: recover additively toward the max."""
+        """A non-throttled answer: count it, and recover additively toward the ceiling (or the
+        max); past the hold time, probe slowly above the ceiling."""
         now = self._clock()
+        self._accepted_rate(now)  # prune, so the window stays small
+        self._accepted.append(now)
         elapsed = min(max(now - self._last_adjust, 0.0), 1.0)
         self._last_adjust = now
-        if self._rate < self._max_rate:
+        target = self._max_rate if self._ceiling is None else self._ceiling
+        if self._rate < target:
             step = self._max_rate * RECOVERY_FRACTION_PER_SEC * elapsed
-            self._rate = min(self._max_rate, self._rate + step)
+            self._rate = min(target, self._rate + step)
+        elif self._ceiling is not None and now - self._last_decrease >= CEILING_HOLD_SECS:
+            probed = self._ceiling * (1 + PROBE_FRACTION_PER_SEC * elapsed)
+            self._ceiling = None if probed >= self._max_rate else probed
+            self._rate = min(self._max_rate, probed)
+
+    def _accepted_rate(self, now: float) -> float:
+        """Accepted answers per second over the last ``ACCEPTED_WINDOW_SECS``."""
+        while self._accepted and self._accepted[0] <= now - ACCEPTED_WINDOW_SECS:
+            self._accepted.popleft()
+        return len(self._accepted) / ACCEPTED_WINDOW_SECS
 
     def set_max_rate(self, rate: float) -> None:
         """Config reload: an unthrottled limiter moves to the new max, a throttled one stays
@@ -113,3 +155,5 @@ class RateLimiter:
         unthrottled = self._rate >= self._max_rate
         self._max_rate = float(rate)
         self._rate = self._max_rate if unthrottled else min(self._rate, self._max_rate)
+        if self._ceiling is not None and self._ceiling >= self._max_rate:
+            self._ceiling = None

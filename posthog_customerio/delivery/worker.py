@@ -31,14 +31,18 @@ from posthog_customerio.delivery.backoff import full_jitter_backoff, is_expired
 from posthog_customerio.delivery.batch import build_batch_body, claim_max_bytes, split_halves
 from posthog_customerio.delivery.outcome import Outcome, OutcomeKind, classify
 from posthog_customerio.delivery.ratelimit import RateLimiter
+from posthog_customerio.delivery.retrylog import RetryLog
 from posthog_customerio.delivery.state import DeliveryState
+from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.operation import Endpoint
 from posthog_customerio.metrics import Metrics
-from posthog_customerio.queue.base import ClaimedOperation, Queue, Rejection
+from posthog_customerio.queue.base import ClaimedOperation, Lane, Queue, Rejection
 from posthog_customerio.settings import DeliverySettings
 
 logger = logging.getLogger("posthog_customerio.delivery")
 
+LIVE_LANE = frozenset({Lane.LIVE})
+BACKFILL_LANE = frozenset({Lane.BACKFILL})
 WAIT_FOR_WORK_MAX_SECS = 1.0  # even with a wake-up signal, look again for ended backoffs
 RESPONSE_KEEP_BYTES = 64_000  # of a response body kept in a dead letter
 
@@ -74,6 +78,9 @@ class DeliveryWorker:
         self._paused = False  # credentials rejected: claim nothing
         self._trial = False  # after a pause: one claim at a time until a request gets through
         self._settled = asyncio.Event()  # a claim finished: its partitions may be claimable
+        self._retry_log = RetryLog(logger, clock)
+        self._recheck_now = asyncio.Event()  # reconfigured while paused: check credentials now
+        self._backfill_credit = 0.0  # grows by backfill_share per claim; at 1 backfill leads
         metrics.rate_limit.set(limiter.current_rate)
 
     # ---------------------------------------------------------------- loop
@@ -85,7 +92,8 @@ class DeliveryWorker:
             while not stop.is_set():
                 if self._paused:
                     recheck = self._settings.credentials_recheck_secs
-                    await self._race_stop(asyncio.sleep(recheck), stop)
+                    await self._race_stop(asyncio.sleep(recheck), stop, self._recheck_now)
+                    self._recheck_now.clear()
                     if not stop.is_set():
                         await self._race_stop(self._check_credentials(initial=False), stop)
                     continue
@@ -99,6 +107,17 @@ class DeliveryWorker:
                     await self._race_stop(asyncio.sleep(self._settings.batch_linger_secs), stop)
         finally:
             await self.drain(self._settings.shutdown_grace_secs)
+
+    def reconfigure(self, settings: DeliverySettings, client: TrackClient | None = None) -> None:
+        """Config reload (SIGHUP): new tuning, and a new client when the credentials changed.
+
+        Requests already in flight finish on the old client (the caller closes it later); a
+        paused worker re-checks the credentials at once. ``max_in_flight`` needs a restart.
+        """
+        self._settings = settings
+        if client is not None:
+            self._client = client
+            self._recheck_now.set()
 
     async def drain(self, grace_secs: float) -> None:
         """Let in-flight requests finish for up to ``grace_secs``, cancel the rest, and give
@@ -131,10 +150,13 @@ class DeliveryWorker:
                 return
             self._settled.clear()  # a claim settling from here on must wake the next wait
             try:
-                ops = await self._queue.claim(max_ops, max_bytes, self._clock())
+                ops = await self._claim_by_lane(max_ops, max_bytes)
             except Exception as exc:
                 self._slots.release()
-                logger.exception("claim failed")
+                if isinstance(exc, QueueUnavailable):  # locked, disk full: expected, no trace
+                    logger.warning("claim failed: queue unavailable", extra=_ctx(error=str(exc)))
+                else:
+                    logger.exception("claim failed")
                 self._state.record_error(f"queue: {type(exc).__name__}: {exc}", self._clock())
                 await self._race_stop(asyncio.sleep(self._idle_poll_secs), stop)
                 return
@@ -151,6 +173,32 @@ class DeliveryWorker:
                 if self._paused:
                     return
                 self._trial = False
+
+    async def _claim_by_lane(self, max_ops: int, max_bytes: int) -> list[ClaimedOperation]:
+        """One claim, led by the live lane, except that the backfill lane leads often enough
+        to get at least ``backfill_share`` of the claims (one claim is one request) while both
+        have work. What the leading lane leaves of the limits is filled from the other one."""
+        share = self._settings.backfill_share
+        self._backfill_credit = min(1.0, self._backfill_credit + share)
+        backfill_leads = self._backfill_credit >= 1.0 - 1e-9
+        lead, other = (BACKFILL_LANE, LIVE_LANE) if backfill_leads else (LIVE_LANE, BACKFILL_LANE)
+        now = self._clock()
+        ops = await self._queue.claim(max_ops, max_bytes, now, lanes=lead)
+        room_bytes = max_bytes - sum(len(op.body_json) for op in ops)
+        if len(ops) < max_ops and room_bytes > 0:
+            try:
+                more = await self._queue.claim(max_ops - len(ops), room_bytes, now, lanes=other)
+            except Exception:
+                if not ops:
+                    raise
+                logger.exception("claim failed")
+                more = []
+            if not ops:
+                backfill_leads = other is BACKFILL_LANE
+            ops += more
+        if ops and backfill_leads:
+            self._backfill_credit = max(0.0, self._backfill_credit - 1.0)
+        return ops
 
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
         """Until the queue signals new work (if it can), a claim settles, or a poll interval."""
@@ -310,10 +358,6 @@ class DeliveryWorker:
             await self._retry(ops, outcome, resp, blocked)
         else:  # REJECTED, or SPLIT of something that cannot be split
             self._record_error(resp.endpoint, outcome)
-            logger.warning(
-                "rejected by Customer.io",
-                extra=_ctx(endpoint=resp.endpoint, ops=len(ops), detail=outcome.detail),
-            )
             await self._dead_letter(
                 [self._rejection(op, "rejected", outcome.detail, resp) for op in ops]
             )
@@ -361,16 +405,13 @@ class DeliveryWorker:
         blocked.update(op.partition for op in live)
         self._metrics.operations_retried.labels(outcome.reason).inc(len(live))
         self._state.retried += len(live)
-        logger.warning(
-            "request failed, will retry",
-            extra=_ctx(
-                endpoint=resp.endpoint,
-                status=resp.status,
-                reason=outcome.reason,
-                ops=len(live),
-                delay_secs=round(delay, 3),
-                detail=outcome.detail,
-            ),
+        self._retry_log.retried(  # one line, then one summary per interval in a storm
+            endpoint=resp.endpoint,
+            status=resp.status,
+            reason=outcome.reason,
+            ops=len(live),
+            delay_secs=delay,
+            detail=outcome.detail,
         )
 
     def _pause(self, detail: str) -> None:
@@ -434,6 +475,7 @@ class DeliveryWorker:
             self._metrics.operations_delivered.labels(op.action).inc()
             self._metrics.delivery_latency.observe(max(now - op.enqueued_at, 0.0))
         self._state.delivered += len(ops)
+        self._retry_log.flush()  # a storm that ends: its last summary line
 
     async def _dead_letter(self, rejections: list[Rejection]) -> None:
         if not rejections:
@@ -443,6 +485,16 @@ class DeliveryWorker:
             self._claimed.pop(rejection.op_id, None)
             self._metrics.operations_dead_lettered.labels(rejection.reason).inc()
         self._state.dead_lettered += len(rejections)
+        reasons: dict[str, int] = {}
+        for rejection in rejections:
+            reasons[rejection.reason] = reasons.get(rejection.reason, 0) + 1
+        first = rejections[0]
+        logger.warning(
+            "dead-lettered",
+            extra=_ctx(
+                ops=len(rejections), reasons=reasons, status=first.status, detail=first.detail
+            ),
+        )
 
     async def _release(self, ops: Sequence[ClaimedOperation]) -> None:
         if not ops:

@@ -10,11 +10,31 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.sources.event import PostHogEvent
+
+
+class Lane(StrEnum):
+    """Where operations came from; delivery gives live traffic priority over history."""
+
+    LIVE = "live"  # webhooks and --follow
+    BACKFILL = "backfill"  # history files and the PostHog API catching up
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A source's resume position, committed in the same transaction as its operations.
+
+    ``source`` names the stream (for example ``file:/exports/2024-10.jsonl.gz`` or
+    ``posthog-api:project=2``); ``position`` is opaque to the queue (JSON text).
+    """
+
+    source: str
+    position: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +132,57 @@ class QueueStats:
     partitions_blocked: int
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live serving process and the partitions it holds (leases, on PostgreSQL).
+
+    SQLite has exactly one, the owner of the file; PostgreSQL lists every process whose
+    heartbeat is younger than ``lease_secs``.
+    """
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    partitions: int  # partitions in flight (leased) by this process now
+    partition_sample: tuple[str, ...] = ()  # some of them, sorted, for status
+    this_process: bool = False
+
+
 class Queue(Protocol):
     """Durable operations, identity state, event dedup and dead letters."""
 
-    async def ingest(self, events: Sequence[PostHogEvent], mapper: Mapper) -> IngestResult:
-        """Dedup by uuid, map and commit atomically; returns only once durable."""
+    async def ingest(
+        self,
+        events: Sequence[PostHogEvent],
+        mapper: Mapper,
+        *,
+        lane: Lane = Lane.LIVE,
+        checkpoint: Checkpoint | None = None,
+    ) -> IngestResult:
+        """Dedup by uuid, map and commit atomically; returns only once durable.
+
+        With ``checkpoint``, the source's position is stored in the same transaction, so a
+        resumed source never skips nor re-reads what was committed.
+        """
         ...
 
-    async def claim(self, max_ops: int, max_bytes: int, now: float) -> list[ClaimedOperation]:
+    async def get_checkpoint(self, source: str) -> str | None:
+        """The last committed position of ``source``, or None."""
+        ...
+
+    async def claim(
+        self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
+    ) -> list[ClaimedOperation]:
         """Claim pending operations in ingest order, at most ``max_ops`` and ``max_bytes``.
 
         Takes only partitions that have no operation claimed already and are not in backoff
         (``blocked_until > now``), so one partition is never in two batches at once. One claim
         is meant to become one request, so concurrent claims never reorder a partition.
+        ``lanes`` restricts the claim to partitions whose oldest pending operation is in one of
+        those lanes (None = any); a partition's later operations follow its head whatever their
+        lane, so per-person order holds across lanes.
         """
         ...
 
@@ -146,11 +204,21 @@ class Queue(Protocol):
 
     async def stats(self, now: float) -> QueueStats: ...
 
+    async def workers(self) -> list[WorkerInfo]:
+        """The live serving processes sharing this queue, each with its partitions."""
+        ...
+
     async def list_dead_letters(
         self, reason: str | None = None, since: float | None = None, limit: int = 100
     ) -> list[DeadLetter]: ...
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None: ...
+
+    async def dead_letter_ids(
+        self, reason: str | None = None, since: float | None = None
+    ) -> list[int]:
+        """Ids of the dead letters matching the filters, oldest first (replay/purge all)."""
+        ...
 
     async def replay_dead_letters(self, ids: Sequence[int]) -> int:
         """Re-enqueue (same bodies, so the same event ids) and delete the dead letters."""

@@ -19,6 +19,7 @@ import fcntl
 import heapq
 import os
 import queue
+import socket
 import sqlite3
 import threading
 import time
@@ -37,17 +38,20 @@ from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.operation import Endpoint
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
+    Checkpoint,
     ClaimedOperation,
     DeadLetter,
     IngestResult,
+    Lane,
     Mapper,
     QueueStats,
     Rejection,
+    WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
 from posthog_customerio.sources.event import PostHogEvent
 
-__all__ = ["SQLiteQueue", "apply_migrations", "migrations"]
+__all__ = ["SQLiteQueue", "apply_migrations", "migrations", "owner_running"]
 
 T = TypeVar("T")
 
@@ -356,7 +360,11 @@ _Row = tuple[Any, ...]
 
 
 def _ingest(
-    events: Sequence[PostHogEvent], mapper: Mapper, conn: sqlite3.Connection
+    events: Sequence[PostHogEvent],
+    mapper: Mapper,
+    lane: Lane,
+    checkpoint: Checkpoint | None,
+    conn: sqlite3.Connection,
 ) -> IngestResult:
     now = time.time()
     accepted = 0
@@ -391,10 +399,11 @@ def _ingest(
                     len(body),
                     op.event_uuid or event.uuid,
                     now,
+                    lane.value,
                 ),
             )
             if op.partition not in known_partitions:
-                conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid))
+                conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, lane.value))
                 known_partitions.add(op.partition)
             actions[op.action] += 1
         if outcome.operations:
@@ -407,6 +416,8 @@ def _ingest(
     for distinct_id, state in current.items():
         if stored.get(distinct_id) != state:
             conn.execute(q.PUT_IDENTITY, (distinct_id, encode_state(state), now))
+    if checkpoint is not None:  # in this job's savepoint: committed with the operations or not
+        conn.execute(q.PUT_CHECKPOINT, (checkpoint.source, checkpoint.position, now))
     return IngestResult(
         accepted=accepted,
         dropped=dict(dropped),
@@ -429,18 +440,33 @@ def _claimed(row: _Row) -> ClaimedOperation:
     )
 
 
-def _claim(max_ops: int, max_bytes: int, now: float, conn: sqlite3.Connection) -> list[_Row]:
+def _claim(
+    max_ops: int,
+    max_bytes: int,
+    now: float,
+    lanes: frozenset[Lane] | None,
+    conn: sqlite3.Connection,
+) -> list[_Row]:
     """Merge the ready partitions' operations in id order until a limit is reached.
 
     A heap holds the next operation id of each partition taken so far; the ready cursor yields
     partitions by head id and is read only while its next head is smaller than the heap's top.
     Rows (with bodies) are read only for operations actually claimed. Stopping (never
     skipping) at the byte limit keeps every partition's claim a prefix of its operations.
+    With ``lanes``, only partitions whose head is in one of them are taken (walked through
+    ``partitions_ready_lane``); their later operations follow whatever their lane.
     """
-    if max_ops <= 0:
+    if lanes is not None and lanes >= frozenset(Lane):
+        lanes = None
+    if max_ops <= 0 or (lanes is not None and not lanes):
         return []
     conn.execute(q.UNBLOCK_EXPIRED, (now,))
-    ready = conn.execute(q.READY_PARTITIONS)
+    if lanes is None:
+        ready = conn.execute(q.READY_PARTITIONS)
+    else:
+        # Two lanes exist, so a proper non-empty subset is exactly one lane.
+        (lane,) = lanes
+        ready = conn.execute(q.READY_PARTITIONS_IN_LANE, (lane.value,))
     heap: list[tuple[int, str]] = []
     rows: list[_Row] = []
     per_partition: Counter[str] = Counter()
@@ -555,12 +581,12 @@ def _replay(ids: Sequence[int], conn: sqlite3.Connection) -> int:
         if row is None:
             continue
         partition, endpoint, action, body, event_uuid = row
-        cursor = conn.execute(
+        cursor = conn.execute(  # a replay is an operator asking for it now: the live lane
             q.INSERT_OPERATION,
-            (partition, endpoint, action, body, len(body), event_uuid, now),
+            (partition, endpoint, action, body, len(body), event_uuid, now, Lane.LIVE.value),
         )
         if partition not in known_partitions:
-            conn.execute(q.ADD_PARTITION, (partition, cursor.lastrowid))
+            conn.execute(q.ADD_PARTITION, (partition, cursor.lastrowid, Lane.LIVE.value))
             known_partitions.add(partition)
         conn.execute(q.DELETE_DEAD_LETTER, (dl_id,))
         replayed += 1
@@ -598,6 +624,24 @@ def _take_owner_lock(path: Path) -> int:
     return fd
 
 
+def owner_running(path: Path) -> bool:
+    """Whether a process (``serve``) holds the owner lock of the queue at ``path`` now."""
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 class SQLiteQueue:
     """The ``Queue`` on one SQLite file. Create with :meth:`open`; close with :meth:`close`."""
 
@@ -612,6 +656,7 @@ class SQLiteQueue:
         self._writer = writer
         self._checkpointer = checkpointer
         self._lock_fd = lock_fd
+        self._opened_at = time.time()
         self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -682,17 +727,33 @@ class SQLiteQueue:
 
     # -- Queue ----------------------------------------------------------------------------
 
-    async def ingest(self, events: Sequence[PostHogEvent], mapper: Mapper) -> IngestResult:
-        if not events:
+    async def ingest(
+        self,
+        events: Sequence[PostHogEvent],
+        mapper: Mapper,
+        *,
+        lane: Lane = Lane.LIVE,
+        checkpoint: Checkpoint | None = None,
+    ) -> IngestResult:
+        if not events and checkpoint is None:
             return IngestResult()
-        result = await self._writer.run(partial(_ingest, list(events), mapper))
+        result = await self._writer.run(partial(_ingest, list(events), mapper, lane, checkpoint))
         if result.actions:
             self._signal_work()
         return result
 
-    async def claim(self, max_ops: int, max_bytes: int, now: float) -> list[ClaimedOperation]:
+    async def get_checkpoint(self, source: str) -> str | None:
+        def job(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(q.GET_CHECKPOINT, (source,)).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._writer.run(job, write=False)
+
+    async def claim(
+        self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
+    ) -> list[ClaimedOperation]:
         rows = await self._writer.run(
-            partial(_claim, max_ops, max_bytes, now), on_orphan=self._release_orphaned
+            partial(_claim, max_ops, max_bytes, now, lanes), on_orphan=self._release_orphaned
         )
         return [_claimed(row) for row in rows]
 
@@ -726,6 +787,30 @@ class SQLiteQueue:
 
     async def stats(self, now: float) -> QueueStats:
         return await self._writer.run(partial(_stats, now), write=False)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The one serving process: this one as owner; none seen from a CLI command."""
+        if self._lock_fd is None:
+            return []
+
+        def job(conn: sqlite3.Connection) -> tuple[int, list[str]]:
+            count = int(conn.execute(q.IN_FLIGHT_PARTITIONS).fetchone()[0])
+            sample = [row[0] for row in conn.execute(q.IN_FLIGHT_SAMPLE, (20,))]
+            return count, sample
+
+        count, sample = await self._writer.run(job, write=False)
+        return [
+            WorkerInfo(
+                id="sqlite",
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self._opened_at,
+                heartbeat_at=time.time(),
+                partitions=count,
+                partition_sample=tuple(sample),
+                this_process=True,
+            )
+        ]
 
     async def list_dead_letters(
         self, reason: str | None = None, since: float | None = None, limit: int = 100

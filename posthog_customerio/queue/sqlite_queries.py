@@ -32,14 +32,21 @@ INSERT INTO identity (distinct_id, state, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (distinct_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at
 """
 INSERT_OPERATION = """
-INSERT INTO operations (partition_key, endpoint, action, body, size, event_uuid, enqueued_at)
-VALUES (?, ?, ?, ?, ?, ?, ?)
+INSERT INTO operations (
+    partition_key, endpoint, action, body, size, event_uuid, enqueued_at, lane
+)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
-# The first operation of a partition sets its head; later ones have larger ids.
+# The first operation of a partition sets its head (and head lane); later ones have larger ids.
 ADD_PARTITION = """
-INSERT INTO partitions (partition_key, head_id) VALUES (?, ?)
+INSERT INTO partitions (partition_key, head_id, head_lane) VALUES (?, ?, ?)
 ON CONFLICT (partition_key) DO NOTHING
 """
+PUT_CHECKPOINT = """
+INSERT INTO checkpoints (source, position, updated_at) VALUES (?, ?, ?)
+ON CONFLICT (source) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
+"""
+GET_CHECKPOINT = "SELECT position FROM checkpoints WHERE source = ?"
 
 # --- claim ----------------------------------------------------------------------------------
 
@@ -49,6 +56,11 @@ WHERE state = 2 AND blocked_until <= ?
 """
 # Walks partitions_ready in head order; the cursor is read lazily, only as far as needed.
 READY_PARTITIONS = "SELECT partition_key, head_id FROM partitions WHERE state = 0 ORDER BY head_id"
+# The same walk for one lane, through partitions_ready_lane (head_lane, head_id).
+READY_PARTITIONS_IN_LANE = """
+SELECT partition_key, head_id FROM partitions
+WHERE state = 0 AND head_lane = ? ORDER BY head_id
+"""
 GET_OPERATION = """
 SELECT id, partition_key, endpoint, action, body, size, attempts, enqueued_at, event_uuid
 FROM operations WHERE id = ?
@@ -82,6 +94,9 @@ WHERE partition_key = ?1
 SETTLE_PARTITION = """
 UPDATE partitions SET
     head_id = (SELECT min(id) FROM operations WHERE partition_key = ?1),
+    head_lane = coalesce(
+        (SELECT lane FROM operations WHERE partition_key = ?1 ORDER BY id LIMIT 1), head_lane
+    ),
     inflight = max(inflight - ?2, 0),
     state = CASE
         WHEN inflight - ?2 > 0 THEN 1
@@ -141,3 +156,10 @@ PRUNE_SEEN_CHUNK = """
 DELETE FROM seen_events
 WHERE uuid IN (SELECT uuid FROM seen_events WHERE seen_at < ? LIMIT ?)
 """
+
+# --- workers (status) -----------------------------------------------------------------------
+
+IN_FLIGHT_PARTITIONS = "SELECT count(*) FROM partitions WHERE state = 1"
+IN_FLIGHT_SAMPLE = (
+    "SELECT partition_key FROM partitions WHERE state = 1 ORDER BY partition_key LIMIT ?"
+)

@@ -7,24 +7,28 @@ are committed. Errors are classified here, once: ``InputError`` → 400 naming t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 
 from posthog_customerio import __version__
 from posthog_customerio.errors import InputError, PayloadTooLarge, QueueUnavailable
-from posthog_customerio.runtime import SANDBOX_PREFIX, Connector
+from posthog_customerio.runtime import SANDBOX_PREFIX, Connector, workers_snapshot
 from posthog_customerio.sources.webhook import parse_webhook_body
+from posthog_customerio.web.admin import admin_routes
+from posthog_customerio.web.history import History
 
 log = logging.getLogger("posthog_customerio.web")
 
@@ -70,17 +74,20 @@ def bearer_ok(request: Request, secret: str) -> bool:
 
 def create_app(connector: Connector, sandbox_app: Any = None) -> Starlette:
     """Build the Starlette app around a (not yet started) connector."""
-    settings = connector.settings
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
 
     async def webhook(request: Request) -> Response:
-        if secret is not None and not bearer_ok(request, secret):
+        settings = connector.settings  # read per request: SIGHUP may have reloaded them
+        secret = settings.webhook_secret
+        if secret is not None and not bearer_ok(request, secret.get_secret_value()):
             return error_response(401, "missing or wrong Authorization: Bearer <webhook secret>")
+        stage = "reading the body"
         try:
             body = await read_body(request, settings.max_body_bytes)
+            stage = "parsing the body"
             events = parse_webhook_body(
                 body, received_ms=int(time.time() * 1000), max_depth=settings.max_json_depth
             )
+            stage = "enqueueing"
             result = await connector.ingest(events, "webhook")
         except PayloadTooLarge as exc:
             return error_response(413, str(exc))
@@ -91,13 +98,25 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> Starlette:
             return json_response(
                 {"error": f"queue unavailable, retry later: {exc}"}, 503, {"Retry-After": "5"}
             )
-        return json_response(
-            {
-                "accepted": result.accepted,
-                "dropped": result.dropped_total,
-                "reasons": result.dropped,
-            }
-        )
+        except ClientDisconnect:
+            return error_response(400, "the client disconnected before sending the whole body")
+        except Exception as exc:
+            # A bug, not bad input: logged with its traceback, answered without one.
+            log.exception("webhook failed unexpectedly", extra={"ctx": {"stage": stage}})
+            what = f"internal error while {stage} ({type(exc).__name__}); it was logged"
+            if stage == "enqueueing":  # retrying is safe: events are deduplicated by uuid
+                return json_response({"error": f"{what}, retry later"}, 503, {"Retry-After": "5"})
+            return error_response(400, f"{what}; this payload cannot be accepted")
+        answer: dict[str, Any] = {
+            "accepted": result.accepted,
+            "dropped": result.dropped_total,
+            "reasons": result.dropped,
+        }
+        notes = Counter(note for event in events for note in event.notes)
+        if notes:  # derived fields (uuid from content, time of receipt): say so
+            answer["notes"] = dict(notes)
+            log.info("webhook events with derived fields", extra={"ctx": {"notes": dict(notes)}})
+        return json_response(answer)
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok", "version": __version__})
@@ -118,8 +137,15 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> Starlette:
             connector.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
+    history = History(
+        connector.metrics, interval_secs=connector.settings.status_history_interval_secs
+    )
+
     async def api_status(request: Request) -> Response:
-        return json_response(await status_snapshot(connector))
+        return json_response(await status_snapshot(connector, history))
+
+    async def api_history(request: Request) -> Response:
+        return json_response(history.to_json())
 
     async def index(request: Request) -> Response:
         page = resources.files("posthog_customerio.web").joinpath("status.html").read_text()
@@ -131,7 +157,9 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/api/status", api_status, methods=["GET"]),
+        Route("/api/history", api_history, methods=["GET"]),
         Route("/", index, methods=["GET"]),
+        *admin_routes(connector),
     ]
     if sandbox_app is not None:
         routes.append(Mount(SANDBOX_PREFIX, app=sandbox_app))
@@ -139,18 +167,23 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await connector.start()
+        stop_history = asyncio.Event()
+        sampler = asyncio.create_task(history.run(stop_history, connector.stats), name="history")
         try:
             yield
         finally:
+            stop_history.set()
+            await sampler
             await connector.stop()
 
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-async def status_snapshot(connector: Connector) -> dict[str, Any]:
+async def status_snapshot(connector: Connector, history: History | None = None) -> dict[str, Any]:
     """What ``status --json`` and the status page show; never a secret."""
     stats = await connector.stats()
     st = connector.state
+    extra = history.overview(connector.settings.delivery.rate_limit_rps) if history else {}
     return {
         "version": __version__,
         "uptime_secs": round(time.time() - connector.started_at, 1),
@@ -163,5 +196,10 @@ async def status_snapshot(connector: Connector) -> dict[str, Any]:
             "dead_letters": stats.dead_letters,
             "partitions_blocked": stats.partitions_blocked,
         },
+        "workers": await workers_snapshot(connector.queue),
         "delivery": st.snapshot(),
+        "posthog_follow": (
+            connector.follow_state.snapshot() if connector.follow_state is not None else None
+        ),
+        **extra,
     }

@@ -8,7 +8,9 @@ open requests, then the app's lifespan drains delivery (``Connector.stop``).
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+from collections.abc import Callable
 
 import uvicorn
 
@@ -29,7 +31,12 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(settings: Settings) -> None:
+def _after_graceful_shutdown(signum: int, frame: object) -> None:
+    """uvicorn already shut down gracefully on this signal; nothing is left to do."""
+
+
+def run_server(settings: Settings, reload_settings: Callable[[], Settings] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; with ``reload_settings``, SIGHUP re-reads the config."""
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     local = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "localhost") else settings.host
@@ -45,7 +52,7 @@ def run_server(settings: Settings) -> None:
             "SANDBOX MODE: nothing is sent to Customer.io; events go to the embedded sandbox",
             extra={"ctx": {"sandbox": f"{own_url}/sandbox/_sandbox/people"}},
         )
-    connector = Connector(settings, target)
+    connector = Connector(settings, target, reload_settings=reload_settings)
     app = create_app(connector, sandbox_app)
     config = uvicorn.Config(
         app,
@@ -58,5 +65,11 @@ def run_server(settings: Settings) -> None:
         server_header=False,
     )
     server = uvicorn.Server(config)
+    # Until the connector takes SIGHUP over (reload), it must not kill the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, to the handlers it found
+    # here; with these, a drained shutdown exits 0 (DESIGN.md §5) instead of dying by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _after_graceful_shutdown)
     log.info("listening", extra={"ctx": {"url": f"http://{settings.host}:{port}"}})
     server.run(sockets=[sock])

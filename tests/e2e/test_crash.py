@@ -2,85 +2,102 @@
 
 from __future__ import annotations
 
-import threading
+import random
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from tests.e2e.harness import Sandbox, Serve, wait_until
+from tests.e2e.harness import (
+    EventStream,
+    Sandbox,
+    Serve,
+    assert_delivered_once_in_order,
+    record_figures,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
-USERS = 40
 EVENTS = 2_000
-
-
-def make_event(i: int) -> dict[str, Any]:
-    user = f"crash_user_{i % USERS}"
-    return {
-        "event": {
-            "uuid": f"01930000-{i // 65536:04x}-7{i % 4096:03x}-8000-{i:012x}",
-            "event": "step_done",
-            "distinct_id": user,
-            "timestamp": f"2024-10-01T12:{(i // 60) % 60:02d}:{i % 60:02d}.000Z",
-            "properties": {"$is_identified": True, "seq": i, "$set": {"last_seq": i}},
-        },
-        "person": {"properties": {"email": f"{user}@example.com"}},
-    }
 
 
 def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path: Path, sandbox: Sandbox) -> None:
     serve = Serve(tmp_path, tmp_path / "data", sandbox)
-    acked: list[int] = []
-    stop = threading.Event()
-
-    def stream() -> None:
-        # One sender, so ingest order per user is seq order; retry refused posts like PostHog.
-        i = 0
-        with httpx.Client(timeout=10) as client:
-            while i < EVENTS and not stop.is_set():
-                batch = [make_event(j) for j in range(i, min(i + 5, EVENTS))]
-                try:
-                    r = client.post(f"{serve.url}/webhook", json={"batch": batch})
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-                    continue
-                if r.status_code == 200:
-                    acked.extend(range(i, i + len(batch)))
-                    i += len(batch)
-
-    sender = threading.Thread(target=stream)
-    sender.start()
+    # One sender, so ingest order per user is seq order; refused posts are retried.
+    stream = EventStream(serve, EVENTS)
+    stream.start()
     try:
-        wait_until(lambda: len(acked) >= EVENTS // 3, timeout=120)
+        wait_until(lambda: len(stream.acked) >= EVENTS // 3, timeout=120)
         assert serve.proc is not None
         serve.proc.kill()  # SIGKILL: no chance to flush or release anything
-        killed_at = len(acked)
+        killed_at = len(stream.acked)
         time.sleep(0.3)
         serve.start()  # same port, same data dir
-        sender.join(timeout=300)
-        assert not sender.is_alive()
+        stream.finish()
         assert killed_at < EVENTS
         serve.wait_drained(timeout=120)
     finally:
-        stop.set()
-        sender.join(timeout=10)
+        stream.stop()
         serve.close()
 
-    assert acked == list(range(EVENTS))
-    seqs: dict[str, list[int]] = defaultdict(list)
-    for person in sandbox.people():
-        full = sandbox.person(person["id"])
-        assert full is not None
-        for ev in full["events"]:
-            if ev["name"] == "step_done":
-                data = ev.get("data") or ev.get("attributes") or {}
-                seqs[person["id"]].append(int(data["seq"]))
-    delivered = sorted(s for user in seqs.values() for s in user)
-    assert delivered == list(range(EVENTS)), "missing or duplicated events"
-    for user, got in seqs.items():
-        assert got == sorted(got), f"order broken for {user}"
+    assert stream.acked == list(range(EVENTS))
+    assert_delivered_once_in_order(sandbox, list(range(EVENTS)))
+
+
+CRASH_LOOP_EVENTS = 3_000
+CRASH_LOOP_KILLS = 6
+CRASH_LOOP_SEED = 20241001
+
+
+def test_crash_loop_with_a_flaky_customerio(tmp_path: Path, sandbox: Sandbox) -> None:
+    """Six SIGKILLs at seeded random moments while thousands of events stream in and the
+    sandbox fails a fifth of the requests with added latency: at the end every acknowledged
+    event is in Customer.io exactly once, in order per person."""
+    rng = random.Random(CRASH_LOOP_SEED)
+    sandbox.faults(fail_rate=0.2, latency_ms=15, seed=CRASH_LOOP_SEED)
+    serve = Serve(tmp_path, tmp_path / "data", sandbox, POSTHOG_CUSTOMERIO_BATCH_MAX_OPS="50")
+    stream = EventStream(serve, CRASH_LOOP_EVENTS, users=60)
+    stream.start()
+    kills: list[dict[str, float]] = []
+    started = time.monotonic()
+    try:
+        for n in range(CRASH_LOOP_KILLS):
+            # Kill somewhere in the next slice of the stream, after a random extra delay.
+            goal = CRASH_LOOP_EVENTS * (n + rng.uniform(0.2, 0.9)) / (CRASH_LOOP_KILLS + 1)
+            wait_until(lambda g=goal: len(stream.acked) >= g, timeout=120)
+            time.sleep(rng.uniform(0.0, 0.4))
+            assert serve.proc is not None
+            acked_before = len(stream.acked)
+            serve.proc.kill()
+            delivered = sandbox.stats()["events_stored"]
+            kills.append({"acked": acked_before, "delivered_at_kill": delivered})
+            time.sleep(rng.uniform(0.05, 0.5))
+            serve.start()
+        stream.finish()
+        sandbox.faults(fail_rate=0.0, latency_ms=0)
+        serve.wait_drained(timeout=120)
+    finally:
+        stream.stop()
+        serve.close()
+
+    assert len(kills) == CRASH_LOOP_KILLS
+    assert stream.acked == list(range(CRASH_LOOP_EVENTS))
+    assert_delivered_once_in_order(sandbox, list(range(CRASH_LOOP_EVENTS)))
+    stats = sandbox.stats()
+    record_figures(
+        "crash_loop",
+        {
+            "events": CRASH_LOOP_EVENTS,
+            "sigkills": len(kills),
+            "seed": CRASH_LOOP_SEED,
+            "kills_at_acked": [k["acked"] for k in kills],
+            "sandbox_fail_rate": 0.2,
+            "sandbox_latency_ms": 15,
+            "requests_by_status": stats["requests_by_status"],
+            "events_stored_once": stats["events_stored"],
+            "resent_after_crash_ignored_by_event_id": stats["duplicate_events_ignored"],
+            "refused_posts_retried_by_sender": dict(stream.refused),
+            "seconds": round(time.monotonic() - started, 1),
+        },
+    )

@@ -103,3 +103,43 @@ def test_readyz_says_credentials_rejected(tmp_path: Path, sandbox: Sandbox) -> N
         sandbox.faults(reject_credentials=False)
     finally:
         sv.close()
+
+
+def test_limits_are_counted_never_silent(serve: Serve, sandbox: Sandbox) -> None:
+    body = {
+        "event": {
+            "uuid": "01924815-6d55-7160-8999-50d836f67fff",
+            "event": "profile_updated",
+            "distinct_id": "user_limits",
+            "timestamp": "2024-10-01T12:36:56.789Z",
+            "properties": {
+                "$is_identified": True,
+                "$set": {"bio": "é" * 700, "x" * 200: 1},
+            },
+        }
+    }
+    r = serve.post(body)
+    assert r.status_code == 200, r.text
+    serve.wait_drained()
+    metrics = serve.http.get("/metrics").text
+    assert 'posthog_customerio_mapping_truncations_total{kind="attribute_value"} 1.0' in metrics
+    assert 'posthog_customerio_mapping_truncations_total{kind="attribute_name"} 1.0' in metrics
+    person = sandbox.person("user_limits")
+    assert person is not None
+    bio = person["attributes"]["bio"]
+    assert len(bio.encode()) <= 1000 and set(bio) == {"é"}
+
+
+def test_drops_are_counted_by_reason(tmp_path: Path, sandbox: Sandbox) -> None:
+    sv = Serve(
+        tmp_path, tmp_path / "data", sandbox, POSTHOG_CUSTOMERIO_EVENT_ALLOWLIST="order_completed"
+    )
+    try:
+        r = sv.post({"event": {"event": "$pageview", "distinct_id": "u9", "properties": {}}})
+        assert r.status_code == 200
+        answer = {k: v for k, v in r.json().items() if k != "notes"}  # notes: derived uuid/time
+        assert answer == {"accepted": 0, "dropped": 1, "reasons": {"not_in_allowlist": 1}}
+        metrics = sv.http.get("/metrics").text
+        assert 'posthog_customerio_events_dropped_total{reason="not_in_allowlist"} 1.0' in metrics
+    finally:
+        sv.close()

@@ -26,7 +26,7 @@ from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.delivery.worker import DeliveryWorker
 from posthog_customerio.mapping.operation import Endpoint
 from posthog_customerio.metrics import Metrics
-from posthog_customerio.queue.base import ClaimedOperation, Rejection
+from posthog_customerio.queue.base import ClaimedOperation, Lane, Rejection
 from posthog_customerio.settings import DeliverySettings
 
 SITE_ID = "site-1"
@@ -50,6 +50,7 @@ FAST = DeliverySettings(
 class Row:
     op: ClaimedOperation
     claimed: bool = False
+    lane: Lane = Lane.LIVE
 
 
 @dataclass
@@ -73,6 +74,7 @@ class FakeQueue:
         endpoint: Endpoint = Endpoint.BATCH,
         action: str = "event",
         enqueued_at: float | None = None,
+        lane: Lane = Lane.LIVE,
     ) -> int:
         op_id = self.next_id
         self.next_id += 1
@@ -80,7 +82,8 @@ class FakeQueue:
         self.rows[op_id] = Row(
             ClaimedOperation(
                 op_id, partition, endpoint, action, orjson.dumps(body), 0, when, f"uuid-{op_id}"
-            )
+            ),
+            lane=lane,
         )
         return op_id
 
@@ -88,9 +91,16 @@ class FakeQueue:
     def empty(self) -> bool:
         return not self.rows
 
-    async def claim(self, max_ops: int, max_bytes: int, now: float) -> list[ClaimedOperation]:
+    async def claim(
+        self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
+    ) -> list[ClaimedOperation]:
         self.claims += 1
         busy = {r.op.partition for r in self.rows.values() if r.claimed}
+        head_lane: dict[str, Lane] = {}
+        for op_id in sorted(self.rows):
+            head_lane.setdefault(self.rows[op_id].op.partition, self.rows[op_id].lane)
+        if lanes is not None:
+            busy |= {p for p, lane in head_lane.items() if lane not in lanes}
         out: list[ClaimedOperation] = []
         size = 0
         for op_id in sorted(self.rows):
@@ -604,3 +614,43 @@ def test_stop_releases_what_is_still_in_flight_after_the_grace_period() -> None:
     assert sorted(q.released) == ids
     assert sorted(q.rows) == ids and q.acked == [] and q.dead == []
     assert run.state.delivered == 0
+
+
+# ------------------------------------------------------------------ lanes
+
+
+def _lanes_queue(backfill: int, live: int) -> FakeQueue:
+    q = FakeQueue()
+    for i in range(backfill):
+        q.add(f"b{i}", item(f"b{i}", 1), lane=Lane.BACKFILL)
+    for i in range(live):
+        q.add(f"l{i}", item(f"l{i}", 1), lane=Lane.LIVE)
+    return q
+
+
+@pytest.mark.parametrize(
+    ("share", "expected"),
+    [
+        pytest.param(0.5, "LBLBLBLBBB", id="half_alternates"),
+        pytest.param(0.25, "LLLBLBBBBB", id="quarter_one_in_four"),
+        pytest.param(0.0, "LLLLBBBBBB", id="zero_live_always_first"),
+        pytest.param(1.0, "BBBBBBLLLL", id="one_backfill_always_first"),
+    ],
+)
+def test_live_lane_leads_and_backfill_gets_its_share(share: float, expected: str) -> None:
+    # older backfill work is queued first; one op per request, one request at a time
+    q = _lanes_queue(backfill=6, live=4)
+    settings = FAST.model_copy(
+        update={"batch_max_ops": 1, "max_in_flight": 1, "backfill_share": share}
+    )
+    run = drive(q, region_ok(ok), settings=settings)
+    order = "".join(p[0].upper() for p, _ in run.cio.accepted)
+    assert order == expected
+
+
+def test_a_claim_is_filled_from_the_other_lane() -> None:
+    q = _lanes_queue(backfill=3, live=2)
+    settings = FAST.model_copy(update={"batch_max_ops": 10, "max_in_flight": 1})
+    run = drive(q, region_ok(ok), settings=settings)
+    [request] = batch_requests(run)
+    assert [key(i)[0] for i in request.items] == ["l0", "l1", "b0", "b1", "b2"]

@@ -2,7 +2,7 @@
 
 Tests use only the ``Queue`` protocol; what differs between implementations (how to open one,
 how to count commits, how to make the store refuse writes) lives in a ``Harness``. SQLite runs
-on real files in ``tmp_path``; PostgreSQL will add a harness param.
+on real files in ``tmp_path``; PostgreSQL on a fresh database per test (tests/pg.py).
 """
 
 from __future__ import annotations
@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import orjson
 import pytest
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import MappingOutcome, Queue, Rejection
+from posthog_customerio.queue.base import Checkpoint, Lane, MappingOutcome, Queue, Rejection
+from posthog_customerio.queue.postgres import PostgresQueue
 from posthog_customerio.queue.sqlite import SQLiteQueue
 from posthog_customerio.sources.event import PostHogEvent
 
@@ -152,10 +155,61 @@ def _sqlite_harness(tmp_path: Path) -> Harness:
     return Harness(open_queue, commits, hold_write_lock, has_owner_lock=True)
 
 
-@pytest.fixture(params=["sqlite"])
+def _postgres_harness(url: str) -> Harness:
+    """A fresh database per test (tests/pg.py); 200 ms lock timeout like SQLite's busy one."""
+
+    def open_queue(owner: bool) -> Queue:
+        return PostgresQueue.open(url, owner=owner, lock_timeout_ms=200, heartbeat_secs=0.5)
+
+    def commits(q: Queue) -> int:
+        assert isinstance(q, PostgresQueue)
+        return q.commit_count
+
+    @contextlib.contextmanager
+    def hold_write_lock() -> Iterator[None]:
+        # Another session holding an EXCLUSIVE lock (reads pass, writes wait), from a thread of
+        # its own so that the test's event loop stays free.
+        locked, done = threading.Event(), threading.Event()
+        failure: list[BaseException] = []
+
+        async def hold() -> None:
+            conn = await asyncpg.connect(url)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "LOCK TABLE identity, seen_events, operations IN EXCLUSIVE MODE"
+                    )
+                    locked.set()
+                    await asyncio.to_thread(done.wait)
+            finally:
+                await conn.close()
+
+        def run_hold() -> None:
+            try:
+                asyncio.run(hold())
+            except BaseException as exc:
+                failure.append(exc)
+                locked.set()
+
+        thread = threading.Thread(target=run_hold)
+        thread.start()
+        locked.wait(10)
+        try:
+            assert not failure, failure
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    return Harness(open_queue, commits, hold_write_lock, has_owner_lock=False)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
     if request.param == "sqlite":
         return _sqlite_harness(tmp_path)
+    if request.param == "postgres":
+        return _postgres_harness(request.getfixturevalue("pg_url"))
     raise AssertionError(request.param)
 
 
@@ -458,5 +512,97 @@ def test_queue_unavailable_writes_nothing(harness: Harness) -> None:
             assert result.accepted == 1
             [_identify, event_op] = await q.claim(100, BIG, NOW)
             assert orjson.loads(event_op.body_json)["seen_before"] is False  # no state written
+
+    run(body())
+
+
+# --- lanes and checkpoints ------------------------------------------------------------------
+
+LIVE = frozenset({Lane.LIVE})
+BACKFILL = frozenset({Lane.BACKFILL})
+
+
+def test_checkpoint_commits_with_the_ingest_and_survives_reopen(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            assert await q.get_checkpoint("file:a.jsonl") is None
+            first = Checkpoint("file:a.jsonl", '{"line": 2}')
+            result = await q.ingest(
+                [ev("u1", "a"), ev("u2", "b")], MAPPER, lane=Lane.BACKFILL, checkpoint=first
+            )
+            assert result.accepted == 2
+            assert await q.get_checkpoint("file:a.jsonl") == '{"line": 2}'
+            # a chunk with nothing to enqueue (all duplicates, or no events) still moves it
+            await q.ingest([], MAPPER, checkpoint=Checkpoint("file:a.jsonl", '{"line": 3}'))
+            assert await q.get_checkpoint("file:a.jsonl") == '{"line": 3}'
+            assert await q.get_checkpoint("file:other.jsonl") is None
+        async with harness.queue(owner=False) as q:  # a CLI beside the server reads it too
+            assert await q.get_checkpoint("file:a.jsonl") == '{"line": 3}'
+            assert (await q.stats(NOW)).depth == 2
+
+    run(body())
+
+
+def test_failed_ingest_does_not_move_the_checkpoint(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            source = "posthog-api:project=2"
+            await q.ingest([ev("u1", "a")], MAPPER, checkpoint=Checkpoint(source, "1"))
+            with pytest.raises(RuntimeError):
+                await q.ingest(
+                    [ev("u1", "b"), ev("u1", "boom")],
+                    TinyMapper(fail_on="boom"),
+                    lane=Lane.BACKFILL,
+                    checkpoint=Checkpoint(source, "2"),
+                )
+            assert await q.get_checkpoint(source) == "1"
+            with harness.hold_write_lock(), pytest.raises(QueueUnavailable):
+                await q.ingest([ev("u1", "c")], MAPPER, checkpoint=Checkpoint(source, "3"))
+            assert await q.get_checkpoint(source) == "1"
+            assert (await q.stats(NOW)).depth == 1
+
+    run(body())
+
+
+def test_claim_by_lane_filters_partitions_by_their_head(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("h1", "old1"), ev("h2", "old2")], MAPPER, lane=Lane.BACKFILL)
+            await q.ingest([ev("l1", "new1"), ev("l2", "new2")], MAPPER, lane=Lane.LIVE)
+            live = await q.claim(100, BIG, NOW, lanes=LIVE)
+            assert names(live) == [("l1", "new1"), ("l2", "new2")]
+            assert await q.claim(100, BIG, NOW, lanes=LIVE) == []
+            assert await q.claim(100, BIG, NOW, lanes=frozenset()) == []
+            backfill = await q.claim(1, BIG, NOW, lanes=BACKFILL)
+            assert names(backfill) == [("h1", "old1")]
+            rest = await q.claim(100, BIG, NOW, lanes=frozenset(Lane))  # both lanes = any
+            assert names(rest) == [("h2", "old2")]
+            await q.ack([c.id for c in live + backfill + rest])
+            # the head's lane changes as heads are acknowledged
+            await q.ingest([ev("m", "m-backfill")], MAPPER, lane=Lane.BACKFILL)
+            await q.ingest([ev("m", "m-live")], MAPPER, lane=Lane.LIVE)
+            assert await q.claim(100, BIG, NOW, lanes=LIVE) == []
+            [head] = await q.claim(1, BIG, NOW, lanes=BACKFILL)
+            await q.ack([head.id])
+            assert await q.claim(100, BIG, NOW, lanes=BACKFILL) == []
+            assert names(await q.claim(100, BIG, NOW, lanes=LIVE)) == [("m", "m-live")]
+
+    run(body())
+
+
+def test_per_partition_order_holds_across_lanes(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("p", "p1"), ev("p", "p2")], MAPPER, lane=Lane.BACKFILL)
+            await q.ingest([ev("p", "p3"), ev("x", "x1")], MAPPER, lane=Lane.LIVE)
+            # "p" has a backfill head: a live claim must not take its live p3 ahead of p1, p2
+            assert names(await q.claim(100, BIG, NOW, lanes=LIVE)) == [("x", "x1")]
+            whole = await q.claim(100, BIG, NOW, lanes=BACKFILL)
+            assert names(whole) == [("p", "p1"), ("p", "p2"), ("p", "p3")]
+            await q.retry([whole[0].id], not_before=NOW + 5, error="503")
+            await q.release([c.id for c in whole[1:]])
+            assert await q.claim(100, BIG, NOW + 1) == []  # blocked, whatever the lane
+            again = await q.claim(100, BIG, NOW + 5, lanes=BACKFILL)
+            assert names(again) == [("p", "p1"), ("p", "p2"), ("p", "p3")]
 
     run(body())

@@ -176,3 +176,71 @@ def test_set_max_rate() -> None:
 def test_invalid_arguments(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RateLimiter(**kwargs)  # type: ignore[arg-type]
+
+
+def test_throttle_learns_the_accepted_rate_as_a_ceiling() -> None:
+    t = FakeTime()
+    lim = limiter(50, t)
+    for _ in range(20):  # the server accepted 20 answers in the last second
+        t.now += 0.05
+        lim.on_success()
+    lim.on_throttled()
+    assert lim.ceiling == pytest.approx(18)
+    assert lim.current_rate == pytest.approx(18)
+    for _ in range(25):  # successes within the hold time never pass the ceiling
+        t.now += 1
+        lim.on_success()
+    assert lim.current_rate == pytest.approx(18)
+
+
+def test_ceiling_is_probed_slowly_after_the_hold_time() -> None:
+    t = FakeTime()
+    lim = limiter(50, t)
+    for _ in range(20):
+        t.now += 0.05
+        lim.on_success()
+    lim.on_throttled()
+    t.now += 30
+    for _ in range(10):  # 10 s of probing: +0.5 % of the ceiling per second
+        t.now += 1
+        lim.on_success()
+    assert 18 < lim.current_rate <= 18 * 1.06
+    assert lim.ceiling == pytest.approx(lim.current_rate)
+
+
+def test_throttle_with_a_faster_accepted_rate_still_slows_down() -> None:
+    t = FakeTime()
+    lim = limiter(10, t)
+    for _ in range(30):  # a burst accepted before the 429 (more than the current rate)
+        t.now += 0.01
+        lim.on_success()
+    lim.on_throttled()
+    assert lim.current_rate == pytest.approx(9)  # at least 10 % down
+
+
+def test_learned_ceiling_keeps_a_saturated_sender_within_10_percent_of_the_server() -> None:
+    """A sender configured at 50 rps against a server that accepts 20 rps (token bucket with
+    a one-second burst, like the sandbox): after the first seconds, no one-second window of
+    requests (accepted or throttled) exceeds 22."""
+    t = FakeTime()
+    lim = limiter(50, t)
+    server_tokens, server_rate, last = 20.0, 20.0, t.now
+    sent: list[float] = []
+
+    async def go() -> None:
+        nonlocal server_tokens, last
+        while t.now < 1200:
+            await lim.acquire()
+            sent.append(t.now)
+            server_tokens = min(server_rate, server_tokens + (t.now - last) * server_rate)
+            last = t.now
+            if server_tokens >= 1:
+                server_tokens -= 1
+                lim.on_success()
+            else:
+                lim.on_throttled()
+
+    asyncio.run(go())
+    after_warmup = [s for s in sent if s >= 1005]
+    assert max_in_any_window(after_warmup) <= 22
+    assert len(after_warmup) >= 195 * 18  # and it does not starve

@@ -64,6 +64,8 @@ def test_claim_uses_indexes_not_scans(tmp_path: Path) -> None:
     try:
         for sql, args in [
             (q.READY_PARTITIONS, ()),
+            (q.READY_PARTITIONS_IN_LANE, ("backfill",)),
+            (q.GET_CHECKPOINT, ("file:x",)),
             (q.NEXT_ID_IN_PARTITION, ("p", 1)),
             (q.GET_OPERATION, (1,)),
             (q.UNBLOCK_EXPIRED, (NOW,)),
