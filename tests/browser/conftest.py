@@ -8,6 +8,7 @@ under ``CI=true``, where ``.ci/run`` installs chromium first.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,12 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-sync",
 ]
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+# Screenshots go to a scratch folder unless asked for (PHCIO_SCREENSHOTS=docs/images), so a
+# test run never dirties the work tree; docs/operations.md shows the committed ones.
+IMAGES = Path(
+    os.environ.get("PHCIO_SCREENSHOTS") or Path(tempfile.gettempdir()) / "phcio-screenshots"
+).resolve()
+IMAGES.mkdir(parents=True, exist_ok=True)
 
 
 def _unavailable(reason: str) -> None:

@@ -2,7 +2,8 @@
 
 Events flow while the page is open; the counters and the charts must move, a dead letter must
 show with its request and Customer.io's answer, and replay must deliver it. Screenshots at
-desktop and phone width go to docs/images/ (docs/operations.md shows them).
+desktop and phone width go to $PHCIO_SCREENSHOTS (docs/images/ when refreshing the docs:
+`PHCIO_SCREENSHOTS=docs/images python3 dev.py test tests/browser`).
 """
 
 from __future__ import annotations
