@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("posthog_customerio.runtime")
 
 SANDBOX_PREFIX = "/sandbox"
+PRUNE_FIRST_SECS = 60.0
+PRUNE_EVERY_SECS = 3600.0
 SANDBOX_CREDENTIALS = ("sandbox", "sandbox")
 
 # What a reload (SIGHUP) cannot change in a running process: it keeps the old value and says
@@ -54,7 +56,9 @@ RESTART_FIELDS = (
 RESTART_DELIVERY_FIELDS = ("max_in_flight",)
 SECRET_FIELDS = frozenset({"api_key", "webhook_secret", "admin_token", "posthog_personal_api_key"})
 CREDENTIAL_FIELDS = frozenset({"site_id", "api_key", "region", "track_url"})
-MAPPING_FIELDS = frozenset({"anonymous_users", "event_allowlist", "identify_by_email"})
+MAPPING_FIELDS = frozenset(
+    {"anonymous_users", "event_allowlist", "identify_by_email", "object_types"}
+)
 
 
 def sqlite_path(database_url: str) -> Path:
@@ -166,6 +170,7 @@ class Connector:
         self._task: asyncio.Task[None] | None = None
         self._stats_cache: tuple[float, QueueStats] | None = None
         self._follow: asyncio.Task[None] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
         self.follow_state: FollowState | None = None  # serve --follow-posthog, for status
 
     @property
@@ -191,6 +196,7 @@ class Connector:
         self._task = asyncio.create_task(self._worker.run(self._stop), name="delivery")
         if self.settings.follow_posthog:
             self._follow = asyncio.create_task(self._follow_posthog(), name="posthog-follow")
+        self._maintenance = asyncio.create_task(self._prune_seen_loop(), name="maintenance")
         if self._reload_settings is not None:
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._on_sighup)
         log.info(
@@ -207,6 +213,10 @@ class Connector:
     async def stop(self) -> None:
         """Drain in-flight deliveries within the grace period, then close the queue."""
         self._stop.set()
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(BaseException):
+                await self._maintenance
         if self._follow is not None:  # it stops after its current chunk (committed or not)
             try:
                 await asyncio.wait_for(self._follow, self.settings.delivery.shutdown_grace_secs)
@@ -232,6 +242,21 @@ class Connector:
         if self._queue is not None:
             await self._queue.close()
         log.info("connector stopped")
+
+    async def _prune_seen_loop(self) -> None:
+        """Keep the dedup table to ``dedup_window_secs``: a minute after start, then hourly."""
+        delay = PRUNE_FIRST_SECS
+        while True:
+            await asyncio.sleep(delay)
+            delay = PRUNE_EVERY_SECS
+            cutoff = time.time() - self.settings.dedup_window_secs
+            try:
+                pruned = await self.queue.prune_seen(cutoff)
+            except Exception as exc:  # retried next round; the webhook path is unaffected
+                log.warning("pruning dedup uuids failed", extra={"ctx": {"error": str(exc)}})
+                continue
+            if pruned:
+                log.info("pruned dedup uuids", extra={"ctx": {"uuids": pruned}})
 
     # ---------------------------------------------------------------- reload (SIGHUP)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -65,6 +66,8 @@ class Settings(BaseModel):
     anonymous_users: AnonymousUsers = AnonymousUsers.SEND_ALL
     event_allowlist: tuple[str, ...] = ()
     identify_by_email: bool = False
+    # PostHog group type -> Customer.io object type id ("company" -> "1"): groups → objects.
+    object_types: dict[str, str] = Field(default_factory=dict)
 
     data_dir: Path = Path("./data")
     database_url: str | None = None
@@ -108,6 +111,7 @@ class Settings(BaseModel):
             identify_by_email=self.identify_by_email,
             anonymous_users=self.anonymous_users,
             event_allowlist=frozenset(self.event_allowlist),
+            object_types=dict(self.object_types),
         )
 
 
@@ -227,6 +231,46 @@ def parse_allowlist(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s for s in (str(i).strip() for i in items) if s))
 
 
+_OBJECT_TYPE_ID = re.compile(r"[1-9][0-9]*")
+
+
+def parse_object_types(value: object) -> dict[str, str]:
+    """``{"company": "1"}`` (TOML table or JSON object), or ``company=1,team=2``.
+
+    Raises ``ValueError`` naming the bad entry: a group type must be non-empty and an object
+    type id a positive integer (Customer.io numbers object types from 1).
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+        else:
+            pairs: dict[str, object] = {}
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                group_type, sep, type_id = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{item!r} is not group_type=object_type_id")
+                pairs[group_type.strip()] = type_id.strip()
+            value = pairs
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of group type = object type id")
+    out: dict[str, str] = {}
+    for group_type, type_id in value.items():
+        if isinstance(type_id, int) and not isinstance(type_id, bool):
+            type_id = str(type_id)
+        if not isinstance(group_type, str) or not group_type.strip():
+            raise ValueError("a group type is empty")
+        if not isinstance(type_id, str) or not _OBJECT_TYPE_ID.fullmatch(type_id):
+            raise ValueError(
+                f'{group_type}: object type id {type_id!r} is not a positive integer like "1"'
+            )
+        out[group_type.strip()] = type_id
+    return out
+
+
 def load_settings(
     *,
     cli: Mapping[str, Any] | None = None,
@@ -253,6 +297,12 @@ def load_settings(
     delivery = {k: v for k, v in merged.items() if k in _DELIVERY_FIELDS}
     if "event_allowlist" in top:
         top["event_allowlist"] = parse_allowlist(top["event_allowlist"])
+    if "object_types" in top:
+        try:
+            top["object_types"] = parse_object_types(top["object_types"])
+        except ValueError as exc:
+            problems.append(f"object_types: {exc}")
+            top.pop("object_types")
     for key in (
         "webhook_secret",
         "admin_token",

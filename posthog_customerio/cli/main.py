@@ -7,6 +7,7 @@ option or input at fault; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import re
 import sys
@@ -551,6 +552,63 @@ def dl_purge(
     chosen = _select(settings, ids, all_, reason, since)
     n = _queue_call(settings, lambda q: q.purge_dead_letters(chosen))
     out.print(f"purged {n} dead letter(s)")
+
+
+def forget_summary(result: Any, suppress: bool) -> str:
+    """What ``forget`` did, in words."""
+    action = "suppress" if suppress else "delete"
+    ids = ", ".join(result.distinct_ids)
+    lines = [
+        f"forgot {len(result.distinct_ids)} distinct_id(s): {ids}",
+        f"  removed: {result.identities} identity state(s), {result.operations} pending "
+        f"operation(s), {result.dead_letters} dead letter(s)",
+        f"  enqueued: {result.enqueued} Customer.io {action} operation(s); "
+        "they are delivered by `serve` (now if it is running)",
+    ]
+    if result.in_flight:
+        lines.append(
+            f"  {result.in_flight} operation(s) were being delivered at that moment: they "
+            f"reach Customer.io first, the {action} follows them"
+        )
+    return "\n".join(lines)
+
+
+@app.command()
+def forget(
+    distinct_ids: Annotated[list[str], typer.Argument(help="PostHog distinct_id(s) to forget.")],
+    suppress: Annotated[
+        bool,
+        typer.Option(
+            "--suppress",
+            help="Suppress in Customer.io (delete, and refuse the identifiers from now on).",
+        ),
+    ] = False,
+    config: ConfigOpt = None,
+    plugin_config: PluginOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Delete a person in Customer.io and everything the connector keeps about them (GDPR).
+
+    Removes the identity state, pending operations and dead letters of each DISTINCT_ID,
+    records (distinct_id, time) in the queue's `forgotten` table, and enqueues a Customer.io
+    delete (or suppress) delivered like any operation. Safe beside a running `serve`.
+    """
+    from posthog_customerio.mapping.mapper import EventMapper
+
+    ids = list(dict.fromkeys(d for d in distinct_ids if d))
+    if not ids:
+        fail("name at least one non-empty distinct_id", 2)
+    settings = settings_from(config, plugin_config, data_dir=data_dir)
+    forgetter = EventMapper(settings.mapping_rules())
+    result = _queue_call(
+        settings, lambda q: q.forget(ids, forgetter, suppress=suppress, now=time.time())
+    )
+    if as_json:
+        data = {**dataclasses.asdict(result), "suppress": suppress}
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    out.print(forget_summary(result, suppress), markup=False)
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ and the tests table-drive it. Steps, in order:
 2. filter: allowlist, then the ``anonymous_users`` gate (drop reasons are metric labels);
 3. build: an ``identify`` first when person attributes or a not-yet-sent email are present,
    then the event/page/screen (person: v2 batch item; anonymous: v1 anonymous event) or the
-   merge;
+   merge, then ``add_relationships`` for mapped ``$groups`` not yet related; a mapped
+   ``$groupidentify`` is an object ``identify`` instead (its own partition);
 4. enforce the Track API limits (``limits``), counting every change.
 
 Decisions where the contract is silent are documented inline and in ``docs/mapping.md``.
@@ -24,10 +25,12 @@ from typing import Any
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.limits import (
     MAX_EVENT_DATA_BYTES,
+    MAX_ITEM_BYTES,
     Counts,
     count,
     fit_item,
     fits_id,
+    json_size,
     limit_attributes,
     limit_event_name,
     shrink_mapping,
@@ -40,6 +43,7 @@ from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.normalize import parse_timestamp_ms
 
 ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
+GROUP_IDENTIFY = "$groupidentify"
 _NEVER_SEEN = IdentityState()
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
@@ -100,6 +104,18 @@ def _alias(event: PostHogEvent) -> str | None:
     return alias if isinstance(alias, str) and alias else None
 
 
+def _group_key(value: object) -> str | None:
+    """A ``$group_key`` / ``$groups`` value as an object id: a non-empty string (ints too)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    return value if isinstance(value, str) and value else None
+
+
+def object_partition(object_type_id: str, object_id: str) -> str:
+    """The ordering key of one object's operations (never a person's distinct_id in practice)."""
+    return f"object:{object_type_id}:{object_id}"
+
+
 class EventMapper:
     """The ``Mapper`` the queue injects: ``MappingRules`` are the app's options."""
 
@@ -134,6 +150,32 @@ class EventMapper:
                 notes=("distinct_id is over 150 bytes, so it cannot be a Customer.io id",),
             )
         return _Mapping(self._rules, event, states).run()
+
+    def forget_operations(
+        self, distinct_id: str, state: IdentityState | None, *, suppress: bool = False
+    ) -> list[Operation]:
+        """The Customer.io ``delete`` (or ``suppress``) of a forgotten person.
+
+        Addressed the way the person was sent: by ``{"id"}``, and with ``identify_by_email``
+        and a stored email also by ``{"email"}`` (first), since events sent before the email
+        was known went to the id. Deleting an unknown person is a no-op in Customer.io, so
+        both are safe. An id Customer.io cannot hold (over 150 bytes) gets nothing.
+        """
+        action = "suppress" if suppress else "delete"
+        identifiers: list[dict[str, str]] = []
+        if self._rules.identify_by_email and state is not None and state.email is not None:
+            identifiers.append({"email": state.email})
+        if distinct_id and fits_id(distinct_id):
+            identifiers.append({"id": distinct_id})
+        return [
+            Operation(
+                partition=distinct_id,
+                endpoint=Endpoint.BATCH,
+                action=action,
+                body={"type": "person", "action": action, "identifiers": ids},
+            )
+            for ids in identifiers
+        ]
 
 
 class _Mapping:
@@ -191,8 +233,15 @@ class _Mapping:
         keys = prev.set_once_keys
         if self.email != prev.email and "email" in keys:
             keys = keys - {"email"}  # Customer.io has an older address: send the new one
+        related = prev.related
+        if self.rules.identify_by_email and self.email != prev.email:
+            related = frozenset()  # a new identifier is a new profile: relate it again
         self.state = IdentityState(
-            identified=self.identified, email=self.email, seen=True, set_once_keys=keys
+            identified=self.identified,
+            email=self.email,
+            seen=True,
+            set_once_keys=keys,
+            related=related,
         )
 
     def _learn_email(self) -> str | None:
@@ -217,6 +266,11 @@ class _Mapping:
         rules = self.rules
         if rules.event_allowlist and self.event.event not in rules.event_allowlist:
             return "not_in_allowlist"
+        if self.event.event == GROUP_IDENTIFY:
+            # An object is not a person: the anonymous_users gate does not apply to it.
+            group_type = self.event.properties.get("$group_type")
+            mapped = isinstance(group_type, str) and group_type in rules.object_types
+            return None if mapped else "groups_not_mapped"
         mode = rules.anonymous_users
         if mode is AnonymousUsers.IDENTIFIED_ONLY and not self.identified:
             return "anonymous_user"
@@ -225,8 +279,6 @@ class _Mapping:
                 return "no_email"
             if self.personless and not self.identified:
                 return "anonymous_user"  # personless never creates a profile
-        if self.event.event == "$groupidentify":
-            return "groups_not_mapped"  # seam: objects once MappingRules maps group types
         return None
 
     # -- step 3: build ---------------------------------------------------------------------
@@ -255,6 +307,8 @@ class _Mapping:
     def _build(self, ops: list[Operation]) -> str | None:
         """Append the operations; return a reason when part of the event cannot be sent."""
         name = self.event.event
+        if name == GROUP_IDENTIFY:
+            return self._object(ops)
         if not self.identified:
             if not self.personless and (self.event.set or self.event.set_once or self.event.unset):
                 self.notes.append("person properties of an anonymous user are not sent")
@@ -267,10 +321,94 @@ class _Mapping:
         self._identify(ops)
         if name in ALIAS_EVENTS:
             return self._merge(ops)
-        if name in ("$identify", "$set"):
-            return None  # pure person updates: the identify is the whole message
-        self._event(ops, anonymous=False)
+        if name not in ("$identify", "$set"):  # those are pure person updates
+            self._event(ops, anonymous=False)
+        self._relationships(ops)
         return None
+
+    def _object(self, ops: list[Operation]) -> str | None:
+        """``$groupidentify`` of a mapped group type → object ``identify`` with ``$group_set``."""
+        props = self.event.properties
+        type_id = self.rules.object_types[str(props.get("$group_type"))]
+        key = _group_key(props.get("$group_key"))
+        if key is None:
+            return "missing_group_key"
+        if not fits_id(key):
+            count(self.counts, "id_too_long")
+            self.notes.append("$group_key is over 150 bytes, so it cannot be an object id")
+            return "group_key_too_long"
+        group_set = props.get("$group_set")
+        if group_set is not None and not isinstance(group_set, dict):
+            self.notes.append("$group_set is not an object: no attributes sent")
+        attributes = limit_attributes(group_set if isinstance(group_set, dict) else {}, self.counts)
+        body: dict[str, Any] = {
+            "type": "object",
+            "action": "identify",
+            "identifiers": {"object_type_id": type_id, "object_id": key},
+        }
+        if attributes:
+            body["attributes"] = attributes
+        fitted = fit_item(body, "attributes", self.counts)
+        if fitted is None:
+            self.notes.append("object identify over the 32 KB item limit: not sent")
+            self.too_large = True
+            return None
+        ops.append(
+            Operation(
+                partition=object_partition(type_id, key),
+                endpoint=Endpoint.BATCH,
+                action="object_identify",
+                body=fitted,
+                event_uuid=self.event.uuid,
+            )
+        )
+        return None
+
+    def _relationships(self, ops: list[Operation]) -> None:
+        """Relate the person to the mapped objects of ``$groups`` not related before.
+
+        A person ``add_relationships`` (not ``cio_relationships`` on an identify): an event
+        whose person attributes are all known sends no identify, and the relationship must
+        not force one. Remembered in the state, so it is sent once per person and object.
+        """
+        groups = self.event.properties.get("$groups")
+        object_types = self.rules.object_types
+        if not object_types or not isinstance(groups, dict) or self.personless:
+            return
+        related = self.state.related
+        new: dict[str, dict[str, str]] = {}
+        for group_type, value in groups.items():
+            type_id = object_types.get(group_type)
+            key = _group_key(value)
+            if type_id is None or key is None:
+                continue
+            if not fits_id(key):
+                count(self.counts, "id_too_long")
+                self.notes.append(f"$groups.{group_type} is over 150 bytes: not related")
+                continue
+            pair = f"{type_id}:{key}"
+            if pair not in related:
+                new[pair] = {"object_type_id": type_id, "object_id": key}
+        if not new:
+            return
+        body: dict[str, Any] = {
+            "type": "person",
+            "action": "add_relationships",
+            "identifiers": self._identifiers(self.did, self.email),
+            "cio_relationships": [{"identifiers": ids} for ids in new.values()],
+        }
+        if json_size(body) > MAX_ITEM_BYTES:  # unreachable: a handful of 150-byte ids
+            self.notes.append("add_relationships over the 32 KB item limit: not sent")
+            return
+        ops.append(self._op(Endpoint.BATCH, "add_relationships", body))
+        state = self.state
+        self.state = IdentityState(
+            identified=state.identified,
+            email=state.email,
+            seen=True,
+            set_once_keys=state.set_once_keys,
+            related=related | frozenset(new),
+        )
 
     def _identifiers(self, distinct_id: str, email: str | None) -> dict[str, str]:
         if self.rules.identify_by_email and email is not None:
@@ -334,7 +472,11 @@ class _Mapping:
         new_keys = new_keys - {"anonymous_id"}
         if new_keys != keys:
             self.state = IdentityState(
-                identified=state.identified, email=state.email, seen=True, set_once_keys=new_keys
+                identified=state.identified,
+                email=state.email,
+                seen=True,
+                set_once_keys=new_keys,
+                related=state.related,
             )
         ops.append(self._op(Endpoint.BATCH, "identify", fitted))
 

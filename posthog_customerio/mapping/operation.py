@@ -19,8 +19,10 @@ class Operation:
     """One request item for Customer.io.
 
     ``partition`` is the ordering key: operations with the same key are delivered in ingest
-    order (one person = one key). ``action`` is the envelope action (``identify``, ``event``,
-    ``page``, ``screen``, ``merge``, ...), used for metrics. ``event_uuid`` is the PostHog uuid the
+    order (one person = one key; one object = ``object:<type_id>:<object_id>``). ``action`` is
+    the envelope action (``identify``, ``event``, ``page``, ``screen``, ``merge``,
+    ``add_relationships``, ``delete``, ``suppress``; ``object_identify`` for an object's
+    ``identify``), used for metrics. ``event_uuid`` is the PostHog uuid the
     operation came from, kept for the dead-letter view.
     """
 

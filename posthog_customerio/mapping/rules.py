@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -16,8 +17,13 @@ class AnonymousUsers(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MappingRules:
-    """``event_allowlist`` empty means every event passes."""
+    """``event_allowlist`` empty means every event passes.
+
+    ``object_types`` maps a PostHog group type (``company``) to a Customer.io object type id
+    (``"1"``); groups of other types are not sent.
+    """
 
     identify_by_email: bool = False
     anonymous_users: AnonymousUsers = AnonymousUsers.SEND_ALL
     event_allowlist: frozenset[str] = frozenset()
+    object_types: Mapping[str, str] = field(default_factory=dict)

@@ -150,6 +150,30 @@ class WorkerInfo:
     this_process: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    """What ``Queue.forget`` removed and enqueued, summed over the distinct_ids given.
+
+    ``in_flight`` operations were being delivered at that moment and were left alone: they
+    reach Customer.io before the ``delete`` enqueued behind them in the same partition.
+    """
+
+    distinct_ids: tuple[str, ...]
+    identities: int = 0
+    operations: int = 0
+    dead_letters: int = 0
+    in_flight: int = 0
+    enqueued: int = 0
+
+
+class Forgetter(Protocol):
+    """Pure: the Customer.io operations that delete (or suppress) a forgotten person."""
+
+    def forget_operations(
+        self, distinct_id: str, state: IdentityState | None, *, suppress: bool = False
+    ) -> Sequence[Operation]: ...
+
+
 class Queue(Protocol):
     """Durable operations, identity state, event dedup and dead letters."""
 
@@ -225,5 +249,25 @@ class Queue(Protocol):
         ...
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int: ...
+
+    async def prune_seen(self, older_than: float) -> int:
+        """Forget dedup uuids first seen before ``older_than`` (Unix time); returns how many."""
+        ...
+
+    async def forget(
+        self,
+        distinct_ids: Sequence[str],
+        forgetter: Forgetter,
+        *,
+        suppress: bool = False,
+        now: float,
+    ) -> ForgetResult:
+        """GDPR erasure, in one transaction: delete the identity state, the pending (not
+        claimed) operations and the dead letters of each distinct_id (its partition, and any
+        other whose identifiers name it by id or stored email), record ``(distinct_id, now)``
+        in ``forgotten``, and enqueue ``forgetter``'s delete/suppress operations last in the
+        person's partition. Seen-event uuids are kept (docs/mapping.md, "Forgetting a person").
+        """
+        ...
 
     async def close(self) -> None: ...

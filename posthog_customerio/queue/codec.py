@@ -15,15 +15,20 @@ from posthog_customerio.mapping.identity import IdentityState
 
 
 def encode_state(state: IdentityState) -> bytes:
-    """JSON bytes with sorted ``set_once_keys``, so equal states store identical bytes."""
-    return orjson.dumps(
-        {
-            "identified": state.identified,
-            "email": state.email,
-            "seen": state.seen,
-            "set_once_keys": sorted(state.set_once_keys),
-        }
-    )
+    """JSON bytes with sorted sets, so equal states store identical bytes.
+
+    ``related`` is written only when not empty: a state without relationships stores exactly
+    the bytes it stored before the field existed.
+    """
+    data: dict[str, Any] = {
+        "identified": state.identified,
+        "email": state.email,
+        "seen": state.seen,
+        "set_once_keys": sorted(state.set_once_keys),
+    }
+    if state.related:
+        data["related"] = sorted(state.related)
+    return orjson.dumps(data)
 
 
 def decode_state(raw: bytes | str) -> IdentityState:
@@ -34,4 +39,5 @@ def decode_state(raw: bytes | str) -> IdentityState:
         email=email if isinstance(email, str) else None,
         seen=bool(data.get("seen", False)),
         set_once_keys=frozenset(str(k) for k in data.get("set_once_keys", ())),
+        related=frozenset(str(k) for k in data.get("related", ())),
     )

@@ -44,6 +44,8 @@ from posthog_customerio.queue.base import (
     Checkpoint,
     ClaimedOperation,
     DeadLetter,
+    ForgetResult,
+    Forgetter,
     IngestResult,
     Lane,
     Mapper,
@@ -52,6 +54,7 @@ from posthog_customerio.queue.base import (
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
+from posthog_customerio.queue.forget import body_names, names_of, needles
 from posthog_customerio.sources.event import PostHogEvent
 
 __all__ = ["PostgresQueue", "apply_migrations", "migrations", "schema_version"]
@@ -825,6 +828,95 @@ class PostgresQueue:
         async with _translated():
             status = await pool.execute(q.PURGE_DEAD_LETTERS, sorted(set(ids)))
         return int(status.split()[-1])
+
+    async def forget(
+        self,
+        distinct_ids: Sequence[str],
+        forgetter: Forgetter,
+        *,
+        suppress: bool = False,
+        now: float,
+    ) -> ForgetResult:
+        targets = list(dict.fromkeys(distinct_ids))
+        if not targets:
+            return ForgetResult(distinct_ids=())
+        pool = await self._ready()
+        async with (
+            _translated(),
+            pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn,
+            conn.transaction(),
+        ):
+            result = await self._forget(conn, targets, forgetter, suppress, now)
+        if result.enqueued:
+            self._signal_work()
+        return result
+
+    async def _forget(
+        self, conn: Any, targets: list[str], forgetter: Forgetter, suppress: bool, now: float
+    ) -> ForgetResult:
+        # Lock (creating when absent) the identity rows first, as ingest does: an ingest of
+        # these ids waits for this transaction, so nothing of theirs slips in between.
+        rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(targets), _EMPTY_STATE, now)
+        decoded = ((row[0], decode_state(bytes(row[1]))) for row in rows)
+        states = {d: state for d, state in decoded if state != IdentityState()}
+        ids, emails = names_of(targets, states)
+        search = needles(targets, states)
+
+        candidates = await conn.fetch(q.FORGET_OPERATION_CANDIDATES, targets, search)
+        chosen = [
+            (row[0], row[1], row[3])
+            for row in candidates
+            if row[1] in ids or body_names(bytes(row[2]), ids, emails)
+        ]
+        keys = sorted({partition for _, partition, _ in chosen} | ids)
+        await conn.fetch(q.LOCK_PARTITIONS, keys)
+        deleted = await conn.fetch(q.DELETE_UNCLAIMED_OPERATIONS, [c[0] for c in chosen])
+        await conn.execute(q.DELETE_EMPTY_PARTITIONS, keys)
+        await conn.execute(q.SETTLE_PARTITIONS, keys)
+
+        letters = [
+            row[0]
+            for row in await conn.fetch(q.FORGET_DEAD_LETTER_CANDIDATES, targets, search)
+            if row[1] in ids or body_names(bytes(row[2]), ids, emails)
+        ]
+        if letters:
+            await conn.execute(q.PURGE_DEAD_LETTERS, letters)
+        await conn.execute(q.DELETE_IDENTITIES, targets)
+        await conn.execute(q.RECORD_FORGOTTEN, targets, now)
+
+        ops = [
+            op
+            for distinct_id in targets
+            for op in forgetter.forget_operations(
+                distinct_id, states.get(distinct_id), suppress=suppress
+            )
+        ]
+        if ops:
+            bodies = [orjson.dumps(op.body) for op in ops]
+            inserted = await conn.fetch(
+                q.INSERT_OPERATIONS,
+                [op.partition for op in ops],
+                [op.endpoint.value for op in ops],
+                [op.action for op in ops],
+                bodies,
+                [len(b) for b in bodies],
+                [op.event_uuid for op in ops],
+                [Lane.LIVE.value] * len(ops),
+                now,
+            )
+            heads: dict[str, int] = {}
+            for op_id, partition in inserted:
+                heads[partition] = min(op_id, heads.get(partition, op_id))
+            new_keys = sorted(heads)
+            await conn.execute(q.ADD_PARTITIONS, new_keys, [heads[k] for k in new_keys])
+        return ForgetResult(
+            distinct_ids=tuple(targets),
+            identities=len(states),
+            operations=len(deleted),
+            dead_letters=len(letters),
+            in_flight=len(chosen) - len(deleted),
+            enqueued=len(ops),
+        )
 
     async def prune_seen(self, older_than: float) -> int:
         """Forget uuids first seen before the Unix time ``older_than``; returns how many."""

@@ -273,3 +273,31 @@ PRUNE_SEEN_CHUNK = """
 DELETE FROM seen_events
 WHERE uuid IN (SELECT uuid FROM seen_events WHERE seen_at < $1 LIMIT $2)
 """
+
+# --- forget (GDPR erasure) ------------------------------------------------------------------
+
+# The forgotten partitions ($1) and any body containing one of the needles ($2, JSON-encoded
+# names): a scan, fine for a rare operator action; candidates are confirmed in Python.
+FORGET_OPERATION_CANDIDATES = """
+SELECT id, partition_key, body, claimed_by IS NOT NULL FROM operations
+WHERE partition_key = ANY($1::text[])
+   OR EXISTS (SELECT 1 FROM unnest($2::bytea[]) AS n(v) WHERE position(n.v IN body) > 0)
+"""
+FORGET_DEAD_LETTER_CANDIDATES = """
+SELECT id, partition_key, body FROM dead_letters
+WHERE partition_key = ANY($1::text[])
+   OR EXISTS (SELECT 1 FROM unnest($2::bytea[]) AS n(v) WHERE position(n.v IN body) > 0)
+"""
+LOCK_PARTITIONS = """
+SELECT partition_key FROM partitions WHERE partition_key = ANY($1::text[])
+ORDER BY partition_key FOR UPDATE
+"""
+# Claimed operations are being delivered: left alone (the delete follows them in order).
+DELETE_UNCLAIMED_OPERATIONS = """
+DELETE FROM operations WHERE id = ANY($1::bigint[]) AND claimed_by IS NULL RETURNING id
+"""
+DELETE_IDENTITIES = "DELETE FROM identity WHERE distinct_id = ANY($1::text[])"
+RECORD_FORGOTTEN = """
+INSERT INTO forgotten (distinct_id, forgotten_at)
+SELECT d, $2 FROM unnest($1::text[]) WITH ORDINALITY AS t(d, n) ORDER BY n
+"""

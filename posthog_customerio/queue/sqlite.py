@@ -41,6 +41,8 @@ from posthog_customerio.queue.base import (
     Checkpoint,
     ClaimedOperation,
     DeadLetter,
+    ForgetResult,
+    Forgetter,
     IngestResult,
     Lane,
     Mapper,
@@ -49,6 +51,7 @@ from posthog_customerio.queue.base import (
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
+from posthog_customerio.queue.forget import body_names, names_of, needles
 from posthog_customerio.sources.event import PostHogEvent
 
 __all__ = ["SQLiteQueue", "apply_migrations", "migrations", "owner_running"]
@@ -597,6 +600,90 @@ def _purge(ids: Sequence[int], conn: sqlite3.Connection) -> int:
     return sum(conn.execute(q.DELETE_DEAD_LETTER, (i,)).rowcount for i in set(ids))
 
 
+def _forget(
+    distinct_ids: Sequence[str],
+    forgetter: Forgetter,
+    suppress: bool,
+    now: float,
+    conn: sqlite3.Connection,
+) -> ForgetResult:
+    """One savepoint: find, delete, record, enqueue (see ``Queue.forget``)."""
+    targets = list(dict.fromkeys(distinct_ids))
+    states: dict[str, IdentityState] = {}
+    for distinct_id in targets:
+        row = conn.execute(q.GET_IDENTITY, (distinct_id,)).fetchone()
+        if row is not None:
+            states[distinct_id] = decode_state(row[0])
+    ids, emails = names_of(targets, states)
+    search = needles(targets, states)
+
+    doomed: dict[int, str] = {}  # op id -> partition; claimed ones are left to deliver
+    in_flight: set[int] = set()
+    found = [
+        (op_id, distinct_id, claimed)
+        for distinct_id in targets
+        for op_id, claimed in conn.execute(q.PARTITION_OPERATIONS, (distinct_id,)).fetchall()
+    ]
+    for needle in search:
+        for op_id, partition, body, claimed in conn.execute(
+            q.OPERATIONS_CONTAINING, (needle,)
+        ).fetchall():
+            if partition not in ids and body_names(bytes(body), ids, emails):
+                found.append((op_id, partition, claimed))
+    for op_id, partition, claimed in found:
+        if claimed:
+            in_flight.add(op_id)
+        else:
+            doomed[op_id] = partition
+    conn.executemany(q.DELETE_OPERATION, ((op_id,) for op_id in doomed))
+    _settle_partitions(conn, Counter(dict.fromkeys(doomed.values(), 0)))
+
+    letters: set[int] = set()
+    for distinct_id in targets:
+        letters.update(row[0] for row in conn.execute(q.PARTITION_DEAD_LETTERS, (distinct_id,)))
+    for needle in search:
+        for dl_id, body in conn.execute(q.DEAD_LETTERS_CONTAINING, (needle,)).fetchall():
+            if dl_id not in letters and body_names(bytes(body), ids, emails):
+                letters.add(dl_id)
+    conn.executemany(q.DELETE_DEAD_LETTER, ((dl_id,) for dl_id in letters))
+
+    identities = 0
+    enqueued = 0
+    partitions: set[str] = set()
+    for distinct_id in targets:
+        identities += conn.execute(q.DELETE_IDENTITY, (distinct_id,)).rowcount
+        conn.execute(q.RECORD_FORGOTTEN, (distinct_id, now))
+        for op in forgetter.forget_operations(
+            distinct_id, states.get(distinct_id), suppress=suppress
+        ):
+            body = orjson.dumps(op.body)
+            cursor = conn.execute(
+                q.INSERT_OPERATION,
+                (
+                    op.partition,
+                    op.endpoint.value,
+                    op.action,
+                    body,
+                    len(body),
+                    op.event_uuid,
+                    now,
+                    Lane.LIVE.value,
+                ),
+            )
+            if op.partition not in partitions:
+                conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, Lane.LIVE.value))
+                partitions.add(op.partition)
+            enqueued += 1
+    return ForgetResult(
+        distinct_ids=tuple(targets),
+        identities=identities,
+        operations=len(doomed),
+        dead_letters=len(letters),
+        in_flight=len(in_flight),
+        enqueued=enqueued,
+    )
+
+
 def _stats(now: float, conn: sqlite3.Connection) -> QueueStats:
     oldest = conn.execute(q.OLDEST_ENQUEUED_AT).fetchone()
     return QueueStats(
@@ -850,6 +937,21 @@ class SQLiteQueue:
         if not ids:
             return 0
         return await self._writer.run(partial(_purge, list(ids)))
+
+    async def forget(
+        self,
+        distinct_ids: Sequence[str],
+        forgetter: Forgetter,
+        *,
+        suppress: bool = False,
+        now: float,
+    ) -> ForgetResult:
+        result = await self._writer.run(
+            partial(_forget, list(distinct_ids), forgetter, suppress, now)
+        )
+        if result.enqueued:
+            self._signal_work()
+        return result
 
     async def prune_seen(self, older_than: float) -> int:
         """Forget uuids first seen before the Unix time ``older_than``; returns how many.

@@ -163,3 +163,16 @@ IN_FLIGHT_PARTITIONS = "SELECT count(*) FROM partitions WHERE state = 1"
 IN_FLIGHT_SAMPLE = (
     "SELECT partition_key FROM partitions WHERE state = 1 ORDER BY partition_key LIMIT ?"
 )
+
+# --- forget (GDPR erasure) ------------------------------------------------------------------
+
+PARTITION_OPERATIONS = "SELECT id, claimed FROM operations WHERE partition_key = ?"
+# A byte search over every stored body: forget is a rare operator action, and instr() on the
+# BLOB runs in C; the candidates are then confirmed on the parsed body (queue/forget.py).
+OPERATIONS_CONTAINING = """
+SELECT id, partition_key, body, claimed FROM operations WHERE instr(body, ?) > 0
+"""
+PARTITION_DEAD_LETTERS = "SELECT id FROM dead_letters WHERE partition_key = ?"
+DEAD_LETTERS_CONTAINING = "SELECT id, body FROM dead_letters WHERE instr(body, ?) > 0"
+DELETE_IDENTITY = "DELETE FROM identity WHERE distinct_id = ?"
+RECORD_FORGOTTEN = "INSERT INTO forgotten (distinct_id, forgotten_at) VALUES (?, ?)"

@@ -1,4 +1,5 @@
-"""Admin HTTP endpoints of ``serve``: dead letters (list, show, replay, purge).
+"""Admin HTTP endpoints of ``serve``: dead letters (list, show, replay, purge) and
+``POST /admin/forget`` (GDPR erasure of people, as ``posthog-customerio forget``).
 
 Every admin route goes through ``admin_denied`` (one rule, reuse it for any new admin route):
 
@@ -16,9 +17,11 @@ they carried with its ``Authorization`` already redacted.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +41,7 @@ CSRF_HEADER = "x-requested-with"
 CSRF_VALUE = "posthog-customerio"
 MAX_BODY_BYTES = 1_048_576
 MAX_LIST_LIMIT = 10_000
+MAX_FORGET_IDS = 1_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -137,6 +141,42 @@ def _number(value: str | None, name: str, *, integer: bool = False) -> float | N
     return number
 
 
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise _BadRequest("", f"body is over {MAX_BODY_BYTES} bytes")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _BadRequest("", "body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise _BadRequest("", "body must be a JSON object")
+    return data
+
+
+def _forget_request(data: dict[str, Any]) -> tuple[list[str], bool]:
+    """``{"distinct_ids": ["..."], "suppress": false}`` → (ids, suppress)."""
+    unknown = sorted(set(data) - {"distinct_ids", "suppress"})
+    if unknown:
+        raise _BadRequest(unknown[0], "unknown field (use distinct_ids, suppress)")
+    ids = data.get("distinct_ids")
+    if (
+        not isinstance(ids, list)
+        or not ids
+        or not all(isinstance(i, str) and i for i in ids)
+        or len(ids) > MAX_FORGET_IDS
+    ):
+        raise _BadRequest(
+            "distinct_ids", f"must be an array of 1 to {MAX_FORGET_IDS} non-empty strings"
+        )
+    suppress = data.get("suppress", False)
+    if not isinstance(suppress, bool):
+        raise _BadRequest("suppress", "must be true or false")
+    return list(dict.fromkeys(ids)), suppress
+
+
 async def _selection(request: Request, connector: Connector) -> list[int]:
     """The dead-letter ids a replay/purge body selects: ``{"ids": [...]}``, ``{"all": true}``
     or ``{"reason": "...", "since": <unix seconds>}`` (either or both)."""
@@ -230,11 +270,32 @@ def admin_routes(connector: Connector) -> list[Route]:
         log.info("dead letters purged", extra={"ctx": {"purged": n, "via": "http"}})
         return _json({"purged": n})
 
+    async def forget(request: Request) -> Response:
+        ids, suppress = _forget_request(await _json_object(request))
+        result = await connector.queue.forget(
+            ids, connector.mapper, suppress=suppress, now=time.time()
+        )
+        # Counts only: the ids themselves are what is being erased, so they are not logged.
+        counts = dataclasses.asdict(result)
+        log.info(
+            "people forgotten",
+            extra={
+                "ctx": {
+                    **{k: v for k, v in counts.items() if k != "distinct_ids"},
+                    "people": len(ids),
+                    "suppress": suppress,
+                    "via": "http",
+                }
+            },
+        )
+        return _json({**counts, "suppress": suppress})
+
     return [
         Route("/admin/dead-letters", guarded(list_dead_letters), methods=["GET"]),
         Route("/admin/dead-letters/replay", guarded(replay), methods=["POST"]),
         Route("/admin/dead-letters/purge", guarded(purge), methods=["POST"]),
         Route("/admin/dead-letters/{id:int}", guarded(show_dead_letter), methods=["GET"]),
+        Route("/admin/forget", guarded(forget), methods=["POST"]),
     ]
 
 

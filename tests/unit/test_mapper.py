@@ -5,6 +5,7 @@ Every operation any case produces is also checked against the official Track API
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ _V2_SCHEMAS = {
     "page": "person_page",
     "screen": "person_screen",
     "merge": "person_merge",
+    "object_identify": "object_identify",
+    "add_relationships": "person_add_relationships",
+    "delete": "person_delete",
+    "suppress": "person_suppress",
 }
 _V1_ALTERNATIVE = {"event": 0, "page": 1, "screen": 2}
 
@@ -131,7 +136,11 @@ def spec_problems(op: Operation) -> list[str]:
 def assert_sendable(ops: Sequence[Operation], event: PostHogEvent) -> None:
     for op in ops:
         assert spec_problems(op) == [], op
-        assert op.partition == event.distinct_id
+        if op.body.get("type") == "object":  # ordered per object, not per person
+            ids = op.body["identifiers"]
+            assert op.partition == f"object:{ids['object_type_id']}:{ids['object_id']}"
+        else:
+            assert op.partition == event.distinct_id
         assert op.event_uuid == event.uuid
         if op.action in ("event", "page", "screen"):
             assert is_ulid(op.body["id"])
@@ -192,6 +201,26 @@ IDENTIFY_SET = ev(
     set={"email": "jane@example.com", "plan": "pro"},
     set_once={"signup_source": "pricing"},
 )
+
+GROUPS = MappingRules(object_types={"company": "1", "team": "2"})
+RELATED = frozenset({"1:acme"})
+
+
+def group_identify(
+    *,
+    group_type: str = "company",
+    key: object = "acme",
+    group_set: dict[str, Any] | None = None,
+    did: str = "user_42",
+    identified: bool | None = True,
+) -> PostHogEvent:
+    props: dict[str, Any] = {"$group_type": group_type}
+    if key is not None:
+        props["$group_key"] = key
+    if group_set is not None:
+        props["$group_set"] = group_set
+    return ev("$groupidentify", did, identified=identified, props=props)
+
 
 CASES = [
     # ---- allowlist
@@ -729,13 +758,186 @@ CASES = [
         ),
         id="alias_identify_by_email_merges_by_email",
     ),
-    # ---- groups
+    # ---- groups → objects, relationships
     pytest.param(
         Case(
-            ev("$groupidentify", props={"$group_type": "company", "$group_key": "acme"}),
-            dropped="groups_not_mapped",
+            group_identify(group_set={"name": "Acme Inc", "plan": "enterprise", "seats": 250}),
+            GROUPS,
+            ops=["object_identify"],
+            bodies=[
+                {
+                    "type": "object",
+                    "action": "identify",
+                    "identifiers": {"object_type_id": "1", "object_id": "acme"},
+                    "attributes": {"name": "Acme Inc", "plan": "enterprise", "seats": 250},
+                }
+            ],
+            check=_is("object:1:acme", lambda o: o.operations[0].partition),
         ),
-        id="groupidentify_not_mapped_yet",
+        id="groupidentify_mapped_is_object_identify_with_attributes",
+    ),
+    pytest.param(
+        Case(group_identify(), dropped="groups_not_mapped"),
+        id="groupidentify_without_object_types_dropped",
+    ),
+    pytest.param(
+        Case(group_identify(group_type="project"), GROUPS, dropped="groups_not_mapped"),
+        id="groupidentify_unmapped_type_dropped",
+    ),
+    pytest.param(
+        Case(
+            group_identify(),
+            MappingRules(event_allowlist=frozenset({"signup"}), object_types={"company": "1"}),
+            dropped="not_in_allowlist",
+        ),
+        id="groupidentify_obeys_the_allowlist",
+    ),
+    pytest.param(
+        Case(
+            group_identify(did="$company_acme", identified=None),
+            MappingRules(
+                anonymous_users=AnonymousUsers.WITH_EMAIL_ONLY, object_types={"company": "1"}
+            ),
+            ops=["object_identify"],
+        ),
+        id="groupidentify_server_side_passes_the_anonymous_gate",
+    ),
+    pytest.param(
+        Case(
+            group_identify(group_set=None),
+            GROUPS,
+            ops=["object_identify"],
+            check=_not_in("attributes", body),
+        ),
+        id="groupidentify_without_group_set_creates_the_object",
+    ),
+    pytest.param(
+        Case(
+            group_identify(key=42),
+            GROUPS,
+            ops=["object_identify"],
+            check=_is({"object_type_id": "1", "object_id": "42"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="groupidentify_numeric_key_is_a_string_id",
+    ),
+    pytest.param(
+        Case(group_identify(key=None), GROUPS, dropped="missing_group_key"),
+        id="groupidentify_missing_key_dropped",
+    ),
+    pytest.param(
+        Case(
+            group_identify(key="k" * 151),
+            GROUPS,
+            dropped="group_key_too_long",
+            truncations={"id_too_long": 1},
+        ),
+        id="groupidentify_key_over_150_bytes_dropped",
+    ),
+    pytest.param(
+        Case(
+            group_identify(
+                group_set={"bio": "é" * 600, "n" * 151: 1, **{f"k{i:03}": i for i in range(300)}}
+            ),
+            GROUPS,
+            ops=["object_identify"],
+            truncations={"attribute_value": 1, "attribute_name": 1, "attribute_count": 1},
+            check=_is(("é" * 500, 300), lambda o: (attrs(o)["bio"], len(attrs(o)))),
+        ),
+        id="group_attributes_within_limits",
+    ),
+    pytest.param(
+        Case(
+            group_identify(group_set={f"k{i:03}": "v" * 900 for i in range(60)}),
+            GROUPS,
+            ops=["object_identify"],
+            truncations={"item_size": 25},
+        ),
+        id="group_identify_over_item_limit_drops_largest_attributes",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "acme", "project": "p1"}}),
+            GROUPS,
+            ops=["event", "add_relationships"],
+            check=_is(
+                {
+                    "type": "person",
+                    "action": "add_relationships",
+                    "identifiers": {"id": "user_42"},
+                    "cio_relationships": [
+                        {"identifiers": {"object_type_id": "1", "object_id": "acme"}}
+                    ],
+                },
+                lambda o: body(o, 1),
+            ),
+            state=IdentityState(identified=True, seen=True, related=frozenset({"1:acme"})),
+        ),
+        id="event_with_groups_relates_the_person_once",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "acme"}}),
+            GROUPS,
+            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            ops=["event"],
+        ),
+        id="event_with_groups_already_related_sends_no_relationship",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "globex"}}),
+            GROUPS,
+            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            ops=["event", "add_relationships"],
+            state=IdentityState(
+                identified=True, seen=True, related=frozenset({"1:acme", "1:globex"})
+            ),
+        ),
+        id="event_with_a_new_group_relates_that_one",
+    ),
+    pytest.param(
+        Case(ev(props={"$groups": {"company": "acme"}}), ops=["event"]),
+        id="event_with_groups_without_object_types_sends_no_relationship",
+    ),
+    pytest.param(
+        Case(anon(props={"$groups": {"company": "acme"}}), GROUPS, ops=["anonymous:event"]),
+        id="anonymous_event_with_groups_gets_no_relationship",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "acme"}, "$process_person_profile": False}),
+            GROUPS,
+            states={"user_42": KNOWN},
+            ops=["event"],
+        ),
+        id="personless_event_with_groups_gets_no_relationship",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", props={"$groups": {"company": "acme"}}),
+            GROUPS,
+            ops=["identify", "add_relationships"],
+        ),
+        id="identify_with_groups_relates_after_the_identify",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "acme"}}, person={"email": "jane@example.com"}),
+            MappingRules(identify_by_email=True, object_types={"company": "1"}),
+            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            ops=["identify", "event", "add_relationships"],
+            check=_is({"email": "jane@example.com"}, lambda o: body(o, 2)["identifiers"]),
+        ),
+        id="identify_by_email_new_identifier_relates_again",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "c" * 151}}),
+            GROUPS,
+            ops=["event"],
+            truncations={"id_too_long": 1},
+        ),
+        id="groups_key_over_150_bytes_not_related",
     ),
     # ---- limits
     pytest.param(
@@ -1056,3 +1258,87 @@ def test_operation_that_cannot_fit_is_dropped_with_reason(monkeypatch: pytest.Mo
     assert outcome.operations == []
     assert outcome.dropped == "operation_too_large"
     assert any("32 KB" in note for note in outcome.notes)
+
+
+# -- groups → objects in the story, and the deletion of a forgotten person ---------------------
+
+
+def test_story_with_company_mapped_to_an_object_type() -> None:
+    events = story_events()
+    results = explain(events, GROUPS)
+    summary = _summary(results)
+    expected = [*STORY_SEND_ALL]
+    expected[5] = ("order_completed", "send", None, ["identify", "event", "add_relationships"])
+    expected[6] = ("$groupidentify", "send", None, ["object_identify"])
+    assert summary == expected
+    for event, result in zip(events, results, strict=True):
+        assert_sendable(result.operations, event)
+    relate = results[5].operations[2].body
+    assert relate["cio_relationships"] == [
+        {"identifiers": {"object_type_id": "1", "object_id": "acme-inc"}}
+    ]
+    obj = results[6].operations[0]
+    assert obj.partition == "object:1:acme-inc"
+    assert obj.body["attributes"] == {"name": "Acme Inc", "plan": "enterprise", "seats": 250}
+    # the same event again (a new uuid): the relationship is not sent twice
+    states: dict[str, IdentityState] = {}
+    again = explain([events[5], replace_uuid(events[5])], GROUPS, states)
+    assert [_labels(x.operations) for x in again] == [
+        ["identify", "event", "add_relationships"],
+        ["identify", "event"],  # its $set is sent again; the relationship is not
+    ]
+    assert states["user_42"].related == frozenset({"1:acme-inc"})
+    text = format_explanation(results[6])
+    assert "object_identify -> POST /api/v2/batch (item)" in text
+
+
+def replace_uuid(event: PostHogEvent) -> PostHogEvent:
+    return dataclasses.replace(event, uuid="01924815-6d55-7160-8999-000000000001")
+
+
+@pytest.mark.parametrize(
+    ("rules", "state", "suppress", "expected"),
+    [
+        pytest.param(SEND_ALL, None, False, [{"id": "user_42"}], id="by_id"),
+        pytest.param(SEND_ALL, KNOWN_WITH_EMAIL, False, [{"id": "user_42"}], id="email_ignored"),
+        pytest.param(
+            BY_EMAIL,
+            KNOWN_WITH_EMAIL,
+            False,
+            [{"email": "jane@example.com"}, {"id": "user_42"}],
+            id="identify_by_email_deletes_the_email_profile_and_the_id_one",
+        ),
+        pytest.param(BY_EMAIL, KNOWN, False, [{"id": "user_42"}], id="identify_by_email_no_email"),
+        pytest.param(SEND_ALL, None, True, [{"id": "user_42"}], id="suppress"),
+    ],
+)
+def test_forget_operations(
+    rules: MappingRules, state: IdentityState | None, suppress: bool, expected: list[Any]
+) -> None:
+    ops = EventMapper(rules).forget_operations("user_42", state, suppress=suppress)
+    action = "suppress" if suppress else "delete"
+    assert [op.body["identifiers"] for op in ops] == expected
+    for op in ops:
+        assert op.body == {
+            "type": "person",
+            "action": action,
+            "identifiers": op.body["identifiers"],
+        }
+        assert (op.partition, op.action, op.endpoint) == ("user_42", action, Endpoint.BATCH)
+        assert spec_problems(op) == []
+
+
+def test_forget_operations_skip_an_id_customerio_cannot_hold() -> None:
+    assert EventMapper(SEND_ALL).forget_operations("x" * 151, None) == []
+
+
+def test_identity_state_codec_reads_states_stored_before_related_existed() -> None:
+    from posthog_customerio.queue.codec import decode_state, encode_state
+
+    old = b'{"identified":true,"email":"a@b.co","seen":true,"set_once_keys":["email"]}'
+    state = decode_state(old)
+    assert state.related == frozenset()
+    assert encode_state(state) == old  # unchanged bytes without relationships
+    related = IdentityState(identified=True, related=frozenset({"2:b", "1:a"}))
+    assert b'"related":["1:a","2:b"]' in encode_state(related)
+    assert decode_state(encode_state(related)) == related

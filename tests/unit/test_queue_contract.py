@@ -606,3 +606,138 @@ def test_per_partition_order_holds_across_lanes(harness: Harness) -> None:
             assert names(again) == [("p", "p1"), ("p", "p2"), ("p", "p3")]
 
     run(body())
+
+
+# --- forget (GDPR erasure) ------------------------------------------------------------------
+
+
+class NamingMapper(TinyMapper):
+    """TinyMapper, except that an event carrying ``properties["op"]`` = (partition, body)
+    becomes exactly that operation: how a test puts a body naming someone in any partition."""
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        if "op" not in event.properties:
+            return super().map(event, states)
+        partition, op_body = event.properties["op"]
+        op = Operation(partition, Endpoint.BATCH, str(op_body["action"]), op_body, event.uuid)
+        return MappingOutcome(states={}, operations=[op])
+
+
+NAMING = NamingMapper()
+
+
+def naming(partition: str, op_body: dict[str, Any]) -> PostHogEvent:
+    return ev(partition, "named", properties={"op": (partition, op_body)})
+
+
+async def _forgotten_rows(q: Queue) -> list[str]:
+    """The ``forgotten`` table, read behind the queue's back."""
+    if isinstance(q, SQLiteQueue):
+        with contextlib.closing(sqlite3.connect(q.path)) as conn:
+            rows = conn.execute("SELECT distinct_id, forgotten_at FROM forgotten ORDER BY id")
+            return [f"{d}@{t:.0f}" for d, t in rows.fetchall()]
+    assert isinstance(q, PostgresQueue)
+    conn = await asyncpg.connect(q.url)
+    try:
+        rows = await conn.fetch("SELECT distinct_id, forgotten_at FROM forgotten ORDER BY id")
+        return [f"{r[0]}@{r[1]:.0f}" for r in rows]
+    finally:
+        await conn.close()
+
+
+def test_forget_removes_the_person_and_enqueues_their_deletion_last(harness: Harness) -> None:
+    from posthog_customerio.mapping.mapper import EventMapper
+    from posthog_customerio.mapping.rules import MappingRules
+
+    by_email = EventMapper(MappingRules(identify_by_email=True))
+
+    async def body() -> None:
+        async with harness.queue() as q:
+            # a dead letter of u1
+            await q.ingest([ev("u1", "rejected")], NAMING)
+            [rejected] = await q.claim(100, BIG, NOW)
+            await q.dead_letter([Rejection(rejected.id, "rejected")])
+            # u1's partition: one op that will be in flight, then pending ones
+            await q.ingest([ev("u1", "first", set={"email": "Jane@x.test"})], NAMING)
+            [in_flight] = await q.claim(1, BIG, NOW)  # u1's identify, being delivered
+            await q.ingest(
+                [
+                    ev("u1", "second"),
+                    ev("u2", "kept"),
+                    naming("p-merge", {"action": "merge", "secondary": {"id": "u1"}}),
+                    naming("p-email", {"action": "event", "identifiers": {"email": "jane@x.test"}}),
+                    naming("p-u10", {"action": "event", "identifiers": {"id": "u10"}}),
+                    naming("p-name", {"action": "event", "attributes": {"note": "u1"}}),
+                ],
+                NAMING,
+            )
+            result = await q.forget(["u1", "ghost", "u1"], by_email, now=NOW)
+            assert result.distinct_ids == ("u1", "ghost")
+            assert (result.identities, result.dead_letters, result.in_flight) == (1, 1, 1)
+            # pending: u1's "first" event and "second", the merge, the op naming the email
+            assert result.operations == 4
+            assert result.enqueued == 3  # u1 by email and by id, ghost by id
+
+            assert await q.list_dead_letters() == []
+            assert await _forgotten_rows(q) == ["u1@1700000000", "ghost@1700000000"]
+            others = await q.claim(100, BIG, NOW)
+            assert sorted(c.partition for c in others) == ["ghost", "p-name", "p-u10", "u2"]
+            ghost = [orjson.loads(c.body_json) for c in others if c.partition == "ghost"]
+            assert ghost == [{"type": "person", "action": "delete", "identifiers": {"id": "ghost"}}]
+            await q.ack([c.id for c in others])
+            # the in-flight op is delivered first, then the deletes, in that order
+            await q.ack([in_flight.id])
+            deletes = await q.claim(100, BIG, NOW)
+            assert [(c.partition, orjson.loads(c.body_json)) for c in deletes] == [
+                (
+                    "u1",
+                    {"type": "person", "action": "delete", "identifiers": {"email": "Jane@x.test"}},
+                ),
+                ("u1", {"type": "person", "action": "delete", "identifiers": {"id": "u1"}}),
+            ]
+            assert [c.action for c in deletes] == ["delete", "delete"]
+            await q.ack([c.id for c in deletes])
+            assert (await q.stats(NOW)).depth == 0
+            # nothing is remembered: u1 starts again as never seen
+            await q.ingest([ev("u1", "again")], NAMING)
+            [again] = await q.claim(100, BIG, NOW)
+            assert orjson.loads(again.body_json)["seen_before"] is False
+
+    run(body())
+
+
+def test_forget_with_suppress_and_nothing_stored(harness: Harness) -> None:
+    from posthog_customerio.mapping.mapper import EventMapper
+    from posthog_customerio.mapping.rules import MappingRules
+
+    async def body() -> None:
+        async with harness.queue(owner=True) as q:
+            result = await q.forget(["nobody"], EventMapper(MappingRules()), suppress=True, now=NOW)
+            assert (result.identities, result.operations, result.dead_letters) == (0, 0, 0)
+            assert result.enqueued == 1
+            [op] = await q.claim(100, BIG, NOW)
+            assert orjson.loads(op.body_json) == {
+                "type": "person",
+                "action": "suppress",
+                "identifiers": {"id": "nobody"},
+            }
+            assert await _forgotten_rows(q) == ["nobody@1700000000"]
+
+    run(body())
+
+
+def test_forget_from_a_second_non_owner_queue(harness: Harness) -> None:
+    """The CLI beside a running server: forget through a non-owner queue of the same store."""
+    from posthog_customerio.mapping.mapper import EventMapper
+    from posthog_customerio.mapping.rules import MappingRules
+
+    async def body() -> None:
+        async with harness.queue() as owner:
+            await owner.ingest([ev("u1", "a"), ev("u1", "b")], NAMING)
+            async with harness.queue(owner=False) as cli:
+                result = await cli.forget(["u1"], EventMapper(MappingRules()), now=NOW)
+            assert (result.identities, result.operations, result.enqueued) == (1, 2, 1)
+            [op] = await owner.claim(100, BIG, NOW)
+            assert op.action == "delete" and op.partition == "u1"
+
+    run(body())

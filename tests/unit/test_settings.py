@@ -155,3 +155,43 @@ def test_world_readable_config_with_secret_warns(
 )
 def test_allowlist_parsing(raw: str | list[str], expected: tuple[str, ...]) -> None:
     assert parse_allowlist(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "toml", "expected"),
+    [
+        pytest.param("company=1, team = 2", None, {"company": "1", "team": "2"}, id="env-pairs"),
+        pytest.param('{"company": "1"}', None, {"company": "1"}, id="env-json"),
+        pytest.param(None, 'object_types = {"company" = "1"}', {"company": "1"}, id="toml-inline"),
+        pytest.param(None, "[object_types]\ncompany = 3", {"company": "3"}, id="toml-table-int"),
+        pytest.param("", None, {}, id="empty-env-is-unset"),
+    ],
+)
+def test_object_types_parsing(
+    tmp_path: Path, env: str | None, toml: str | None, expected: dict[str, str]
+) -> None:
+    config = None
+    if toml is not None:
+        config = tmp_path / "c.toml"
+        config.write_text(toml + "\n")
+    environ = {} if env is None else {"POSTHOG_CUSTOMERIO_OBJECT_TYPES": env}
+    settings = load_settings(env=environ, config_file=config)
+    assert settings.object_types == expected
+    assert dict(settings.mapping_rules().object_types) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param("company", id="no-equals"),
+        pytest.param("company=acme", id="type-id-not-a-number"),
+        pytest.param("company=0", id="type-id-zero"),
+        pytest.param("=1", id="empty-group-type"),
+        pytest.param('{"company": ', id="bad-json"),
+        pytest.param("[1]", id="not-a-table"),
+    ],
+)
+def test_object_types_problems_name_the_option(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"POSTHOG_CUSTOMERIO_OBJECT_TYPES": raw})
+    assert any(p.startswith("object_types:") for p in info.value.problems), info.value.problems

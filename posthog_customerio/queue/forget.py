@@ -1,0 +1,69 @@
+"""What both queues share to forget a person: which stored bodies name them.
+
+An operation or dead letter belongs to a forgotten person when it is in their partition (the
+distinct_id), or when its identifiers name them anywhere else: ``identifiers.id`` or
+``identifiers.email`` (a merge's ``primary``/``secondary``, a relationship's people), or a v1
+``anonymous_id``. The store first narrows the rows with a byte search for each name as JSON
+(``needles``), in SQL, and this module confirms each candidate on the parsed body.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from posthog_customerio.mapping.identity import IdentityState
+
+
+def names_of(
+    distinct_ids: Iterable[str], states: Mapping[str, IdentityState]
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(distinct_ids, lower-cased stored emails) of the people being forgotten."""
+    emails = frozenset(s.email.lower() for s in states.values() if s.email)
+    return frozenset(distinct_ids), emails
+
+
+def needles(ids: Collection[str], states: Mapping[str, IdentityState]) -> list[bytes]:
+    """Byte strings at least one of which occurs in the stored JSON of any body naming them.
+
+    Bodies are orjson bytes, so a string value is stored exactly as ``orjson.dumps(value)``.
+    Emails are searched as stored (the mapper sends the address it stored) and lower-cased;
+    other spellings of the same address are not found.
+    """
+    emails = [e for s in states.values() if (e := s.email)]
+    values = dict.fromkeys([*ids, *emails, *(e.lower() for e in emails)])
+    return [orjson.dumps(v) for v in values if v]
+
+
+def _names(identifiers: object, ids: frozenset[str], emails: frozenset[str]) -> bool:
+    if not isinstance(identifiers, dict):
+        return False
+    person_id = identifiers.get("id")
+    if isinstance(person_id, str) and person_id in ids:
+        return True
+    email = identifiers.get("email")
+    return isinstance(email, str) and email.lower() in emails
+
+
+def body_names(raw: bytes, ids: frozenset[str], emails: frozenset[str]) -> bool:
+    """Whether the stored body ``raw`` addresses one of the forgotten people."""
+    try:
+        body: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    anonymous_id = body.get("anonymous_id")  # a v1 anonymous event
+    if isinstance(anonymous_id, str) and anonymous_id in ids:
+        return True
+    for key in ("identifiers", "primary", "secondary"):
+        if _names(body.get(key), ids, emails):
+            return True
+    relationships = body.get("cio_relationships")
+    if isinstance(relationships, list):
+        return any(
+            isinstance(r, dict) and _names(r.get("identifiers"), ids, emails) for r in relationships
+        )
+    return False
