@@ -5,6 +5,8 @@
     python3 dev.py test [PYTEST ARGS...]   run the whole test suite
     python3 dev.py lint              ruff (lint + format check) and mypy --strict
     python3 dev.py bench [ARGS...]   run bench/throughput.py
+    python3 dev.py bench compare [ARGS...]   bench/setup.sh, then bench/compare.py (vs the
+                                     alternatives; writes docs/benchmarks.md figures)
     python3 dev.py cli ARGS...       any posthog-customerio command
 
 It creates ``.venv`` beside this file and installs the project with its dev extra into it,
@@ -63,6 +65,8 @@ def main() -> int:
         rc |= run([py, "-m", "ruff", "format", "--check", "."])
         rc |= run([py, "-m", "mypy"])
         return rc
+    if cmd == "bench" and rest[:1] == ["compare"]:
+        return run(["bash", "bench/setup.sh"]) or run([py, "bench/compare.py", *rest[1:]])
     if cmd == "bench":
         return run([py, "bench/throughput.py", *rest])
     if cmd == "cli":

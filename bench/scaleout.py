@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
-import random
 import sys
 import tempfile
 import time
@@ -25,29 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.throughput import make_event
+from bench.events import bodies_of, make_events, post_all
 from tests.e2e.harness import Sandbox, Serve, wait_until
-
-
-async def post_all(urls: list[str], bodies: list[Any], concurrency: int) -> int:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    failures = 0
-    targets = itertools.cycle(urls)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-        it = iter(bodies)
-
-        async def worker() -> None:
-            nonlocal failures
-            for body in it:
-                r = await client.post(f"{next(targets)}/webhook", json=body)
-                if r.status_code != 200:
-                    failures += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return failures
 
 
 async def admin(dsn: str, sql: str) -> None:
@@ -111,16 +90,7 @@ def main() -> None:
         ),
     )
     args = ap.parse_args()
-    rng = random.Random(7)
-    events = [make_event(i, args.users, rng) for i in range(args.events)]
-    bodies: list[Any] = (
-        events
-        if args.batch_size == 1
-        else [
-            {"batch": events[i : i + args.batch_size]}
-            for i in range(0, len(events), args.batch_size)
-        ]
-    )
+    bodies = bodies_of(make_events(args.events, args.users), args.batch_size)
     results = [run_setup("sqlite x1", 1, None, bodies, args)]
     base, _, _ = args.admin_dsn.rpartition("/")
     for n in args.processes:

@@ -15,63 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.events import bodies_of, make_events, post_all
 from tests.e2e.harness import Sandbox, Serve, wait_until
-
-
-def make_event(i: int, users: int, rng: random.Random) -> dict[str, Any]:
-    user = f"user_{rng.randrange(users)}"
-    kind = rng.random()
-    props: dict[str, Any] = {"$is_identified": True, "$lib": "web"}
-    if kind < 0.7:
-        name = "$pageview"
-        props["$current_url"] = f"https://app.example.com/p/{rng.randrange(50)}"
-    elif kind < 0.8:
-        name = "$identify"
-        props["$set"] = {"email": f"{user}@example.com", "plan": rng.choice(["free", "pro"])}
-    else:
-        name = "order_completed"
-        props.update(
-            order_id=f"ord_{i}",
-            revenue=round(rng.uniform(5, 500), 2),
-            items=[{"sku": f"SKU{j}", "qty": j + 1} for j in range(rng.randrange(1, 4))],
-        )
-    return {
-        "event": {
-            "uuid": f"0193{i // 65536:04x}-{i % 65536:04x}-7000-8000-{i:012x}",
-            "event": name,
-            "distinct_id": user,
-            "timestamp": "2024-10-01T12:00:00.000Z",
-            "properties": props,
-        },
-        "person": {"properties": {"email": f"{user}@example.com"}},
-    }
-
-
-async def post_all(url: str, bodies: list[Any], concurrency: int) -> int:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    failures = 0
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        it = iter(bodies)
-
-        async def worker() -> None:
-            nonlocal failures
-            for body in it:
-                r = await client.post("/webhook", json=body)
-                if r.status_code != 200:
-                    failures += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return failures
 
 
 def main() -> None:
@@ -84,15 +35,7 @@ def main() -> None:
     ap.add_argument("--rate-limit-rps", type=float, default=100.0)
     args = ap.parse_args()
 
-    rng = random.Random(7)
-    events = [make_event(i, args.users, rng) for i in range(args.events)]
-    if args.batch_size == 1:
-        bodies: list[Any] = events
-    else:
-        bodies = [
-            {"batch": events[i : i + args.batch_size]}
-            for i in range(0, len(events), args.batch_size)
-        ]
+    bodies = bodies_of(make_events(args.events, args.users), args.batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         tmpdir = Path(tmp)
         sb_args = ["--rate-limit-rps", str(args.sandbox_rps)] if args.sandbox_rps else []
@@ -106,7 +49,7 @@ def main() -> None:
         )
         try:
             t0 = time.perf_counter()
-            failures = asyncio.run(post_all(serve.url, bodies, args.concurrency))
+            failures = asyncio.run(post_all([serve.url], bodies, args.concurrency))
             t_ingest = time.perf_counter() - t0
             wait_until(lambda: serve.status()["queue"]["depth"] == 0, timeout=3_600, interval=0.1)
             t_deliver = time.perf_counter() - t0
