@@ -518,13 +518,21 @@ def _touch(
 
 
 def _settle_partitions(conn: sqlite3.Connection, released: Counter[str]) -> None:
-    for partition, count in released.items():
-        conn.execute(q.DROP_EMPTY_PARTITION, (partition,))
-        conn.execute(q.SETTLE_PARTITION, (partition, count))
+    """Drop emptied partitions, move heads and in-flight counts: two statements in all."""
+    if not released:
+        return
+    by_partition = orjson.dumps(dict(released))
+    conn.execute(q.DROP_EMPTY_PARTITIONS_IN, (by_partition,))
+    conn.execute(q.SETTLE_PARTITIONS_IN, (by_partition,))
 
 
 def _ack(op_ids: Sequence[int], conn: sqlite3.Connection) -> None:
-    released = _touch(conn, op_ids, lambda op_id: conn.execute(q.DELETE_OPERATION, (op_id,)))
+    """Delete a delivered batch set-at-a-time (the hot path: one ack per request)."""
+    ids = orjson.dumps(list(dict.fromkeys(op_ids)))
+    released: Counter[str] = Counter()
+    for partition, claimed in conn.execute(q.OPERATIONS_PARTITIONS_IN, (ids,)):
+        released[partition] += claimed
+    conn.execute(q.DELETE_OPERATIONS_IN, (ids,))
     _settle_partitions(conn, released)
 
 

@@ -78,32 +78,41 @@ PARTITION_CLAIMED = (
 
 OPERATION_PARTITION = "SELECT partition_key, claimed FROM operations WHERE id = ?"
 DELETE_OPERATION = "DELETE FROM operations WHERE id = ?"
+# Set-at-a-time forms for the hot path (ack of a whole batch): ?1 is a JSON array of ids, or
+# a JSON object partition -> released claims. One statement per batch, not per operation.
+OPERATIONS_PARTITIONS_IN = """
+SELECT partition_key, claimed FROM operations WHERE id IN (SELECT value FROM json_each(?1))
+"""
+DELETE_OPERATIONS_IN = "DELETE FROM operations WHERE id IN (SELECT value FROM json_each(?1))"
+DROP_EMPTY_PARTITIONS_IN = """
+DELETE FROM partitions
+WHERE partition_key IN (SELECT key FROM json_each(?1))
+  AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.partition_key = partitions.partition_key)
+"""
+# Right-hand sides see the old row, so inflight - r.value is the new in-flight count.
+SETTLE_PARTITIONS_IN = """
+UPDATE partitions SET
+    head_id = (SELECT min(id) FROM operations o WHERE o.partition_key = partitions.partition_key),
+    head_lane = coalesce(
+        (SELECT lane FROM operations o WHERE o.partition_key = partitions.partition_key
+         ORDER BY id LIMIT 1),
+        head_lane
+    ),
+    inflight = max(inflight - r.value, 0),
+    state = CASE
+        WHEN inflight - r.value > 0 THEN 1
+        WHEN blocked_until IS NOT NULL THEN 2
+        ELSE 0
+    END
+FROM json_each(?1) AS r
+WHERE partitions.partition_key = r.key
+"""
 RETRY_OPERATION = """
 UPDATE operations SET attempts = attempts + 1, last_error = ?, claimed = 0 WHERE id = ?
 """
 RELEASE_OPERATION = "UPDATE operations SET claimed = 0 WHERE id = ?"
 BLOCK_PARTITION = """
 UPDATE partitions SET blocked_until = max(coalesce(blocked_until, 0), ?) WHERE partition_key = ?
-"""
-DROP_EMPTY_PARTITION = """
-DELETE FROM partitions
-WHERE partition_key = ?1
-  AND NOT EXISTS (SELECT 1 FROM operations WHERE partition_key = ?1)
-"""
-# Right-hand sides see the old row, so inflight - ?2 is the new in-flight count.
-SETTLE_PARTITION = """
-UPDATE partitions SET
-    head_id = (SELECT min(id) FROM operations WHERE partition_key = ?1),
-    head_lane = coalesce(
-        (SELECT lane FROM operations WHERE partition_key = ?1 ORDER BY id LIMIT 1), head_lane
-    ),
-    inflight = max(inflight - ?2, 0),
-    state = CASE
-        WHEN inflight - ?2 > 0 THEN 1
-        WHEN blocked_until IS NOT NULL THEN 2
-        ELSE 0
-    END
-WHERE partition_key = ?1
 """
 RESET_CLAIMED_OPERATIONS = "UPDATE operations SET claimed = 0 WHERE claimed = 1"
 RESET_CLAIMED_PARTITIONS = """
