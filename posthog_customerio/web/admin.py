@@ -180,17 +180,7 @@ def _forget_request(data: dict[str, Any]) -> tuple[list[str], bool]:
 async def _selection(request: Request, connector: Connector) -> list[int]:
     """The dead-letter ids a replay/purge body selects: ``{"ids": [...]}``, ``{"all": true}``
     or ``{"reason": "...", "since": <unix seconds>}`` (either or both)."""
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise _BadRequest("", f"body is over {MAX_BODY_BYTES} bytes")
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _BadRequest("", "body must be a JSON object") from None
-    if not isinstance(data, dict):
-        raise _BadRequest("", "body must be a JSON object")
+    data = await _json_object(request)
     unknown = sorted(set(data) - {"ids", "all", "reason", "since"})
     if unknown:
         raise _BadRequest(unknown[0], "unknown field (use ids, all, or reason/since)")

@@ -147,8 +147,9 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> Starlette:
     async def api_history(request: Request) -> Response:
         return json_response(history.to_json())
 
+    page = resources.files("posthog_customerio.web").joinpath("status.html").read_text()
+
     async def index(request: Request) -> Response:
-        page = resources.files("posthog_customerio.web").joinpath("status.html").read_text()
         return HTMLResponse(page)
 
     routes: list[Route | Mount] = [
