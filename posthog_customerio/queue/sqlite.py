@@ -35,7 +35,7 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
     Checkpoint,
@@ -362,6 +362,25 @@ class _Checkpointer:
 _Row = tuple[Any, ...]
 
 
+def _store_operation(
+    conn: sqlite3.Connection,
+    op: Operation,
+    event_uuid: str,
+    now: float,
+    lane: Lane,
+    known_partitions: set[str],
+) -> None:
+    """Insert one operation; register its partition the first time this job sees it."""
+    body = orjson.dumps(op.body)
+    cursor = conn.execute(
+        q.INSERT_OPERATION,
+        (op.partition, op.endpoint.value, op.action, body, len(body), event_uuid, now, lane.value),
+    )
+    if op.partition not in known_partitions:
+        conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, lane.value))
+        known_partitions.add(op.partition)
+
+
 def _ingest(
     events: Sequence[PostHogEvent],
     mapper: Mapper,
@@ -391,23 +410,7 @@ def _ingest(
         outcome = mapper.map(event, states)
         current.update(outcome.states)
         for op in outcome.operations:
-            body = orjson.dumps(op.body)
-            cursor = conn.execute(
-                q.INSERT_OPERATION,
-                (
-                    op.partition,
-                    op.endpoint.value,
-                    op.action,
-                    body,
-                    len(body),
-                    op.event_uuid or event.uuid,
-                    now,
-                    lane.value,
-                ),
-            )
-            if op.partition not in known_partitions:
-                conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, lane.value))
-                known_partitions.add(op.partition)
+            _store_operation(conn, op, op.event_uuid or event.uuid, now, lane, known_partitions)
             actions[op.action] += 1
         if outcome.operations:
             accepted += 1
@@ -664,23 +667,7 @@ def _forget(
         for op in forgetter.forget_operations(
             distinct_id, states.get(distinct_id), suppress=suppress
         ):
-            body = orjson.dumps(op.body)
-            cursor = conn.execute(
-                q.INSERT_OPERATION,
-                (
-                    op.partition,
-                    op.endpoint.value,
-                    op.action,
-                    body,
-                    len(body),
-                    op.event_uuid,
-                    now,
-                    Lane.LIVE.value,
-                ),
-            )
-            if op.partition not in partitions:
-                conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, Lane.LIVE.value))
-                partitions.add(op.partition)
+            _store_operation(conn, op, op.event_uuid, now, Lane.LIVE, partitions)
             enqueued += 1
     return ForgetResult(
         distinct_ids=tuple(targets),
