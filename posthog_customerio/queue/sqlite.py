@@ -24,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
@@ -237,13 +237,23 @@ class _Writer:
         write: bool = True,
         on_orphan: Callable[[T], None] | None = None,
     ) -> T:
+        return await self.submit(fn, write=write, on_orphan=on_orphan)
+
+    def submit(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        write: bool = True,
+        on_orphan: Callable[[T], None] | None = None,
+    ) -> asyncio.Future[T]:
+        """Queue ``fn``; its future is settled in the caller's loop after the COMMIT."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._lock:
             if self._closed:
                 raise QueueUnavailable("the queue is closed")
             self._jobs.put(_Job(fn, loop, future, write, on_orphan))
-        return await future
+        return future
 
     def stop(self) -> None:
         """Ask the thread to finish the jobs already queued, then close the connection."""
@@ -376,60 +386,161 @@ def _store_operation(
         q.INSERT_OPERATION,
         (op.partition, op.endpoint.value, op.action, body, len(body), event_uuid, now, lane.value),
     )
+    conn.execute(q.OPERATIONS_ADDED, (1,))
     if op.partition not in known_partitions:
         conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, lane.value))
         known_partitions.add(op.partition)
 
 
-def _ingest(
-    events: Sequence[PostHogEvent],
-    mapper: Mapper,
-    lane: Lane,
-    checkpoint: Checkpoint | None,
-    conn: sqlite3.Connection,
-) -> IngestResult:
+@dataclass(slots=True)
+class _IngestCall:
+    """One ``ingest`` call waiting for the writer, with the future its caller awaits."""
+
+    events: Sequence[PostHogEvent]
+    mapper: Mapper
+    lane: Lane
+    checkpoint: Checkpoint | None
+    future: asyncio.Future[IngestResult]
+
+
+_Outcome = tuple[IngestResult | None, BaseException | None]
+
+
+def _ingest_isolated(calls: Sequence[_IngestCall], conn: sqlite3.Connection) -> list[_Outcome]:
+    """All waiting calls in one pass; if that fails, each alone, so a bad call fails only itself.
+
+    The pass over all of them is what makes single-event webhooks cheap under load: one set of
+    statements per group of requests instead of one per request.
+    """
+    conn.execute("SAVEPOINT ingest")
+    try:
+        results = _ingest(calls, conn)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise  # SQLite rolled the whole transaction back: the writer fails the batch
+        conn.execute("ROLLBACK TO ingest")
+        conn.execute("RELEASE ingest")
+        if len(calls) == 1:
+            return [(None, _translate(exc))]
+        return [outcome for call in calls for outcome in _ingest_isolated([call], conn)]
+    conn.execute("RELEASE ingest")
+    return [(result, None) for result in results]
+
+
+def _ingest(calls: Sequence[_IngestCall], conn: sqlite3.Connection) -> list[IngestResult]:
+    """Map and store the events of ``calls`` in order, set-at-a-time.
+
+    Per-row statements were the largest cost of batched webhooks (every ``execute`` is a trip
+    through the sqlite3 module and a statement reset): here the uuids already seen and the
+    identity states are read with one statement each and the rows written with
+    ``executemany``, a fixed number of statements however many events and calls there are.
+    Later calls see the uuids and identity states of earlier ones, as if run one by one.
+    """
     now = time.time()
-    accepted = 0
-    dropped: Counter[str] = Counter()
-    actions: Counter[str] = Counter()
-    truncations: Counter[str] = Counter()
-    stored: dict[str, IdentityState] = {}  # as read from the table, to write only changes
-    current: dict[str, IdentityState] = {}  # as this job has updated them, seen by later events
-    known_partitions: set[str] = set()
-    for event in events:
-        if conn.execute(q.MARK_SEEN, (event.uuid, now)).rowcount == 0:
-            dropped["duplicate"] += 1  # seen before, or earlier in this same call
-            continue
-        states: dict[str, IdentityState] = {}
-        for distinct_id in mapper.related_ids(event):
-            if distinct_id not in current:
-                row = conn.execute(q.GET_IDENTITY, (distinct_id,)).fetchone()
-                state = decode_state(row[0]) if row is not None else IdentityState()
-                stored[distinct_id] = current[distinct_id] = state
-            states[distinct_id] = current[distinct_id]
-        outcome = mapper.map(event, states)
-        current.update(outcome.states)
-        for op in outcome.operations:
-            _store_operation(conn, op, op.event_uuid or event.uuid, now, lane, known_partitions)
-            actions[op.action] += 1
-        if outcome.operations:
-            accepted += 1
-        if outcome.dropped is not None:
-            dropped[outcome.dropped] += 1
-        elif not outcome.operations:
-            dropped["nothing_to_send"] += 1
-        truncations.update(outcome.truncations)
-    for distinct_id, state in current.items():
-        if stored.get(distinct_id) != state:
-            conn.execute(q.PUT_IDENTITY, (distinct_id, encode_state(state), now))
-    if checkpoint is not None:  # in this job's savepoint: committed with the operations or not
-        conn.execute(q.PUT_CHECKPOINT, (checkpoint.source, checkpoint.position, now))
-    return IngestResult(
-        accepted=accepted,
-        dropped=dict(dropped),
-        actions=dict(actions),
-        truncations=dict(truncations),
+    seen = {
+        row[0]
+        for row in conn.execute(
+            q.SEEN_AMONG, (_json_array(e.uuid for call in calls for e in call.events),)
+        )
+    }
+    fresh: list[list[PostHogEvent]] = []
+    duplicates: list[int] = []
+    new_uuids: list[tuple[str, float]] = []
+    for call in calls:
+        kept: list[PostHogEvent] = []
+        for event in call.events:
+            if event.uuid not in seen:  # else seen before, or earlier in these same calls
+                seen.add(event.uuid)
+                kept.append(event)
+                new_uuids.append((event.uuid, now))
+        fresh.append(kept)
+        duplicates.append(len(call.events) - len(kept))
+    conn.executemany(q.MARK_SEEN, new_uuids)
+
+    related = [
+        [call.mapper.related_ids(event) for event in kept]
+        for call, kept in zip(calls, fresh, strict=True)
+    ]
+    wanted = {distinct_id for per_call in related for ids in per_call for distinct_id in ids}
+    stored: dict[str, IdentityState] = {  # as read from the table, to write only changes
+        distinct_id: decode_state(raw)
+        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(wanted),))
+    }
+    blank = IdentityState()
+    current = {distinct_id: stored.get(distinct_id, blank) for distinct_id in wanted}
+
+    next_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
+    rows: list[tuple[Any, ...]] = []
+    heads: dict[str, tuple[int, str]] = {}  # partition → its first operation (id, lane) here
+    results: list[IngestResult] = []
+    for call, kept, per_call, duplicate in zip(calls, fresh, related, duplicates, strict=True):
+        mapper, lane = call.mapper, call.lane.value
+        accepted = 0
+        dropped: Counter[str] = Counter()
+        actions: Counter[str] = Counter()
+        truncations: Counter[str] = Counter()
+        if duplicate:
+            dropped["duplicate"] = duplicate
+        for event, ids in zip(kept, per_call, strict=True):
+            outcome = mapper.map(event, {distinct_id: current[distinct_id] for distinct_id in ids})
+            current.update(outcome.states)
+            for op in outcome.operations:
+                body = orjson.dumps(op.body)
+                rows.append(
+                    (
+                        next_id,
+                        op.partition,
+                        op.endpoint.value,
+                        op.action,
+                        body,
+                        len(body),
+                        op.event_uuid or event.uuid,
+                        now,
+                        lane,
+                    )
+                )
+                if op.partition not in heads:
+                    heads[op.partition] = (next_id, lane)
+                next_id += 1
+                actions[op.action] += 1
+            if outcome.operations:
+                accepted += 1
+            if outcome.dropped is not None:
+                dropped[outcome.dropped] += 1
+            elif not outcome.operations:
+                dropped["nothing_to_send"] += 1
+            if outcome.truncations:
+                truncations.update(outcome.truncations)
+        results.append(
+            IngestResult(
+                accepted=accepted,
+                dropped=dict(dropped),
+                actions=dict(actions),
+                truncations=dict(truncations),
+            )
+        )
+    conn.executemany(q.INSERT_OPERATION_WITH_ID, rows)
+    if rows:
+        conn.execute(q.OPERATIONS_ADDED, (len(rows),))
+    conn.executemany(q.ADD_PARTITION, [(key, *head) for key, head in heads.items()])
+    conn.executemany(
+        q.PUT_IDENTITY,
+        [
+            (distinct_id, encode_state(state), now)
+            for distinct_id, state in current.items()
+            if stored.get(distinct_id, blank) != state
+        ],
     )
+    for call in calls:  # in this savepoint: committed with the operations or not at all
+        if call.checkpoint is not None:
+            checkpoint = call.checkpoint
+            conn.execute(q.PUT_CHECKPOINT, (checkpoint.source, checkpoint.position, now))
+    return results
+
+
+def _json_array(values: Iterable[str]) -> str:
+    """A JSON array of strings, the one parameter of the ``json_each`` lookups."""
+    return orjson.dumps(list(values)).decode()
 
 
 def _claimed(row: _Row) -> ClaimedOperation:
@@ -599,6 +710,7 @@ def _replay(ids: Sequence[int], conn: sqlite3.Connection) -> int:
             q.INSERT_OPERATION,
             (partition, endpoint, action, body, len(body), event_uuid, now, Lane.LIVE.value),
         )
+        conn.execute(q.OPERATIONS_ADDED, (1,))
         if partition not in known_partitions:
             conn.execute(q.ADD_PARTITION, (partition, cursor.lastrowid, Lane.LIVE.value))
             known_partitions.add(partition)
@@ -741,6 +853,10 @@ class SQLiteQueue:
         self._opened_at = time.time()
         self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Ingest calls waiting for the writer: it takes all of them at once (_take_and_ingest).
+        self._ingest_lock = threading.Lock()
+        self._ingest_calls: list[_IngestCall] = []
+        self._taken: list[_IngestCall] = []
 
     @classmethod
     def open(
@@ -819,10 +935,55 @@ class SQLiteQueue:
     ) -> IngestResult:
         if not events and checkpoint is None:
             return IngestResult()
-        result = await self._writer.run(partial(_ingest, list(events), mapper, lane, checkpoint))
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        call = _IngestCall(list(events), mapper, lane, checkpoint, future)
+        with self._ingest_lock:
+            self._ingest_calls.append(call)
+            first = len(self._ingest_calls) == 1
+        if first:  # else the writer job already queued will take this call too
+            taken: list[_IngestCall] = []
+            try:
+                job = self._writer.submit(partial(self._take_and_ingest, taken))
+            except BaseException:
+                with self._ingest_lock:
+                    self._ingest_calls.remove(call)
+                raise
+            job.add_done_callback(partial(self._settle_ingests, taken))
+        result = await future
         if result.actions:
             self._signal_work()
         return result
+
+    def _take_and_ingest(
+        self, taken: list[_IngestCall], conn: sqlite3.Connection
+    ) -> list[_Outcome]:
+        """Writer thread: every ingest call waiting right now, in one savepoint if possible."""
+        with self._ingest_lock:
+            taken.extend(self._ingest_calls)
+            self._ingest_calls = []
+        return _ingest_isolated(taken, conn)
+
+    def _settle_ingests(
+        self, taken: list[_IngestCall], job: asyncio.Future[list[_Outcome]]
+    ) -> None:
+        """Loop thread, after the COMMIT (or its failure): answer each call's caller."""
+        if job.cancelled() or job.exception() is not None:
+            error = job.exception() if not job.cancelled() else None
+            error = error or QueueUnavailable("the queue is closed")
+            if not taken:  # the transaction failed before the job ran: fail those it would take
+                with self._ingest_lock:
+                    taken.extend(self._ingest_calls)
+                    self._ingest_calls = []
+            outcomes: list[_Outcome] = [(None, error)] * len(taken)
+        else:
+            outcomes = job.result()
+        for call, (result, failure) in zip(taken, outcomes, strict=True):
+            if call.future.done():  # the caller gave up; what committed stays committed
+                continue
+            if failure is not None:
+                call.future.set_exception(failure)
+            else:
+                call.future.set_result(result or IngestResult())
 
     async def get_checkpoint(self, source: str) -> str | None:
         def job(conn: sqlite3.Connection) -> str | None:

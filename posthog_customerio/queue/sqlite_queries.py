@@ -24,9 +24,27 @@ RECORD_SCHEMA_VERSION = "INSERT INTO schema_version (version, name, applied_at) 
 
 # --- ingest ---------------------------------------------------------------------------------
 
-# rowcount is 0 when the uuid was already there: that is the dedup check and the insert in one.
+# Ingest reads and writes set-at-a-time: one statement per job for the uuids already seen and
+# the identity states, executemany for the rows. Each walks the JSON array and probes the
+# primary key (EXPLAIN QUERY PLAN: SCAN json_each, SEARCH ... USING PRIMARY KEY).
+SEEN_AMONG = """
+SELECT s.uuid FROM json_each(?) AS j JOIN seen_events AS s ON s.uuid = j.value
+"""
 MARK_SEEN = "INSERT OR IGNORE INTO seen_events (uuid, seen_at) VALUES (?, ?)"
 GET_IDENTITY = "SELECT state FROM identity WHERE distinct_id = ?"
+GET_IDENTITIES = """
+SELECT i.distinct_id, i.state FROM json_each(?) AS j JOIN identity AS i ON i.distinct_id = j.value
+"""
+# AUTOINCREMENT's next id: above both the largest id ever handed out and the largest present.
+# Ingest numbers its rows itself from here (it is the only writer inside BEGIN IMMEDIATE), so
+# it knows each partition's head id without reading ``lastrowid`` row by row; SQLite raises
+# sqlite_sequence past explicit ids, so ids still never repeat.
+LAST_OPERATION_ID = """
+SELECT max(
+    coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'operations'), 0),
+    coalesce((SELECT max(id) FROM operations), 0)
+)
+"""
 PUT_IDENTITY = """
 INSERT INTO identity (distinct_id, state, updated_at) VALUES (?, ?, ?)
 ON CONFLICT (distinct_id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at
@@ -37,6 +55,14 @@ INSERT INTO operations (
 )
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
+INSERT_OPERATION_WITH_ID = """
+INSERT INTO operations (
+    id, partition_key, endpoint, action, body, size, event_uuid, enqueued_at, lane
+)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# No row trigger counts inserts (migration 0004): whoever inserts operations adds the number.
+OPERATIONS_ADDED = "UPDATE counters SET value = value + ? WHERE name = 'operations'"
 # The first operation of a partition sets its head (and head lane); later ones have larger ids.
 ADD_PARTITION = """
 INSERT INTO partitions (partition_key, head_id, head_lane) VALUES (?, ?, ?)

@@ -263,12 +263,14 @@ def test_failed_mapping_writes_nothing_of_that_call(harness: Harness) -> None:
             results = await asyncio.gather(
                 q.ingest([good, ev("u1", "boom")], mapper),
                 q.ingest([ev("u2", "fine")], mapper),
+                *(q.ingest([ev(f"u{i}", f"e{i}")], mapper) for i in range(3, 12)),
                 return_exceptions=True,
             )
             assert isinstance(results[0], RuntimeError)
-            assert not isinstance(results[1], BaseException)
-            assert results[1].accepted == 1
-            assert (await q.stats(NOW)).depth == 1
+            for result in results[1:]:  # calls sharing its commit are not affected
+                assert not isinstance(result, BaseException)
+                assert result.accepted == 1
+            assert (await q.stats(NOW)).depth == 10
             assert (await q.ingest([good], mapper)).accepted == 1  # its uuid was not recorded
 
     run(body())
@@ -496,6 +498,42 @@ def test_concurrent_ingests_share_commits(harness: Harness) -> None:
             assert all(r.accepted == 1 for r in results)
             assert commits < 50, commits
             assert (await q.stats(NOW)).depth == 200
+
+    run(body())
+
+
+def test_concurrent_ingests_behave_as_if_one_after_another(harness: Harness) -> None:
+    """Calls that share a commit (SQLite maps them in one pass) still see each other in
+    order: a uuid repeated across calls is stored once, a person's state carries over."""
+
+    async def body() -> None:
+        async with harness.queue() as q:
+            repeated = ev("u1", "a")
+            calls = [q.ingest([repeated], MAPPER) for _ in range(5)]
+            calls += [q.ingest([ev("u2", f"e{i}")], MAPPER) for i in range(20)]
+            results = await asyncio.gather(*calls)
+            assert sum(r.accepted for r in results[:5]) == 1
+            assert sum(r.dropped.get("duplicate", 0) for r in results[:5]) == 4
+            assert all(r.accepted == 1 for r in results[5:])
+            claimed = await q.claim(1000, BIG, NOW)
+            u2 = [orjson.loads(c.body_json) for c in claimed if c.partition == "u2"]
+            assert [body["name"] for body in u2] == [f"e{i}" for i in range(20)]
+            assert [body["seen_before"] for body in u2] == [False] + [True] * 19
+
+    run(body())
+
+
+def test_queue_unavailable_fails_every_waiting_call(harness: Harness) -> None:
+    async def body() -> None:
+        async with harness.queue() as q:
+            with harness.hold_write_lock():
+                results = await asyncio.gather(
+                    *(q.ingest([ev(f"u{i}", f"e{i}")], MAPPER) for i in range(20)),
+                    return_exceptions=True,
+                )
+            assert all(isinstance(r, QueueUnavailable) for r in results), results
+            assert (await q.stats(NOW)).depth == 0
+            assert (await q.ingest([ev("u1", "e1")], MAPPER)).accepted == 1
 
     run(body())
 
