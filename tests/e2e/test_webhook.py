@@ -63,6 +63,30 @@ def test_secret_required_and_size_limited(guarded: Serve, posthog_samples: Path)
     assert SECRET not in guarded.http.get("/metrics").text
 
 
+def test_streamed_bodies_are_read_whole_and_limited(guarded: Serve, posthog_samples: Path) -> None:
+    """Chunked transfer: no Content-Length to check up front, the limit holds while reading."""
+    body = (posthog_samples / "webhook-custom-event.json").read_bytes()
+    auth = {"Authorization": f"Bearer {SECRET}", "content-type": "application/json"}
+
+    def chunks(data: bytes, size: int) -> Iterator[bytes]:
+        for i in range(0, len(data), size):
+            yield data[i : i + size]
+
+    ok = guarded.http.post("/webhook", content=chunks(body, 7), headers=auth)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["accepted"] == 1
+    big = guarded.http.post("/webhook", content=chunks(b"x" * 9000, 1000), headers=auth)
+    assert big.status_code == 413
+    assert "4096" in big.json()["error"]
+
+
+def test_webhook_only_takes_post(serve: Serve) -> None:
+    r = serve.http.get("/webhook")
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+    assert "POST" in r.json()["error"]
+
+
 def test_health_ready_and_metrics(serve: Serve, posthog_samples: Path) -> None:
     assert serve.http.get("/healthz").json()["status"] == "ok"
     body = json.loads((posthog_samples / "webhook-custom-event.json").read_text())
