@@ -83,6 +83,8 @@ def valid_email(value: object) -> str | None:
 
 def _flag(value: object) -> bool | None:
     """``$is_identified`` / ``$process_person_profile``: bool, "true"/"false", 1/0; else None."""
+    if value is None:  # the usual absent property: skip the type tests
+        return None
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
@@ -236,6 +238,16 @@ class _Mapping:
         related = prev.related
         if self.rules.identify_by_email and self.email != prev.email:
             related = frozenset()  # a new identifier is a new profile: relate it again
+        # The usual event of a known person changes nothing: keep ``prev`` rather than build an
+        # equal state (a frozen dataclass is costly to build and to compare).
+        if (
+            prev.seen
+            and self.identified == prev.identified
+            and self.email == prev.email
+            and keys is prev.set_once_keys
+            and related is prev.related
+        ):
+            return
         self.state = IdentityState(
             identified=self.identified,
             email=self.email,
@@ -289,7 +301,8 @@ class _Mapping:
         ops: list[Operation] = []
         if reason is None:
             reason = self._build(ops)
-        states = {self.did: self.state} if self.state != self.prev else {}
+        changed = self.state is not self.prev and self.state != self.prev
+        states = {self.did: self.state} if changed else {}
         if ops:
             if reason is not None:
                 self.notes.append(f"not sent: {reason}")
@@ -562,6 +575,8 @@ class _Mapping:
 
     def _clean_event_data(self, props: dict[str, Any], kind: str) -> dict[str, Any]:
         reserved = _RESERVED_EVENT_KEYS[kind]
+        if props.keys().isdisjoint(reserved):  # the usual case, checked in C
+            return props
         bad = [k for k, types in reserved.items() if k in props and not isinstance(props[k], types)]
         if (
             kind == "page"

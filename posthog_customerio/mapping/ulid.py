@@ -10,20 +10,38 @@ as they are; any other uuid (or a non-uuid string) becomes the event time in mil
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid as _uuid
 
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ULID_CHARS = frozenset(CROCKFORD + CROCKFORD.lower())
 _MAX_MS = (1 << 48) - 1
+# Every 10-bit value as its two Crockford characters: 13 lookups encode 130 bits.
+_PAIRS = [a + b for a in CROCKFORD for b in CROCKFORD]
+# The form ``str(uuid.UUID(...))`` produces; any other spelling goes through ``uuid.UUID``.
+_CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _encode128(value: int) -> str:
     """Encode a 128-bit integer as 26 Crockford base32 characters (first char 0-7)."""
-    chars = [""] * 26
-    for i in range(25, -1, -1):
-        chars[i] = CROCKFORD[value & 31]
-        value >>= 5
-    return "".join(chars)
+    p = _PAIRS
+    return "".join(
+        (
+            p[value >> 120],
+            p[(value >> 110) & 1023],
+            p[(value >> 100) & 1023],
+            p[(value >> 90) & 1023],
+            p[(value >> 80) & 1023],
+            p[(value >> 70) & 1023],
+            p[(value >> 60) & 1023],
+            p[(value >> 50) & 1023],
+            p[(value >> 40) & 1023],
+            p[(value >> 30) & 1023],
+            p[(value >> 20) & 1023],
+            p[(value >> 10) & 1023],
+            p[value & 1023],
+        )
+    )
 
 
 def ulid_from_uuid(uuid: str, timestamp_ms: int) -> str:
@@ -32,15 +50,22 @@ def ulid_from_uuid(uuid: str, timestamp_ms: int) -> str:
     ``timestamp_ms`` (the event time) is used only when ``uuid`` is not a UUIDv7; it is
     clamped to the 48 bits a ULID holds.
     """
-    try:
-        parsed = _uuid.UUID(uuid)
-    except ValueError:
-        parsed = None
-    if parsed is not None and parsed.version == 7 and parsed.variant == _uuid.RFC_4122:
-        return _encode128(parsed.int)
-    key = str(parsed) if parsed is not None else uuid
+    if _CANONICAL.fullmatch(uuid):
+        # Fast path for the usual spelling, which is its own ``str(UUID(...))``: the version is
+        # the 13th hex digit and the RFC 4122 variant is a 17th digit of 8-b.
+        if uuid[14] == "7" and uuid[19] in "89ab":
+            return _encode128(int(uuid.replace("-", ""), 16))
+        key = uuid
+    else:
+        try:
+            parsed = _uuid.UUID(uuid)
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.version == 7 and parsed.variant == _uuid.RFC_4122:
+            return _encode128(parsed.int)
+        key = str(parsed) if parsed is not None else uuid
     digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-    ms = min(max(timestamp_ms, 0), _MAX_MS)
+    ms = timestamp_ms if 0 <= timestamp_ms <= _MAX_MS else min(max(timestamp_ms, 0), _MAX_MS)
     return _encode128((ms << 80) | int.from_bytes(digest[:10], "big"))
 
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from posthog_customerio.errors import InputError
 from posthog_customerio.sources.normalize import event_from_mapping, parse_timestamp_ms
-from posthog_customerio.sources.webhook import parse_webhook_body
+from posthog_customerio.sources.webhook import _depth_exceeds, parse_webhook_body
 
 SHARED = Path(__file__).parents[3] / "shared" / "posthog"
 RECEIVED_MS = 1_800_000_000_000
@@ -294,3 +296,54 @@ def test_depth_limit_is_configurable() -> None:
 def test_many_brackets_but_shallow_is_fine() -> None:
     body = {"batch": [bare(properties={f"k{i}": [{}] for i in range(50)})]}
     assert len(parse(body)) == 1
+
+
+def _nested(depth: int) -> Any:
+    """A value ``depth`` containers deep, alternating arrays and objects."""
+    value: Any = 1
+    for level in range(depth):
+        value = [value, "x"] if level % 2 else {"k": value, "n": 0}
+    return value
+
+
+@pytest.mark.parametrize("max_depth", [4, 5, 10, 64])
+@pytest.mark.parametrize("batched", [False, True], ids=["bare", "batch"])
+def test_depth_limit_boundary_with_brackets_inside_strings(max_depth: int, batched: bool) -> None:
+    # Event object + properties are 2 levels ("batch" adds 2); the strings are full of brackets,
+    # which must neither count as nesting nor hide any (and make the bracket count exceed the
+    # limit, so the body is walked).
+    outer = 4 if batched else 2
+    noise = {"open": "[{" * 100, "close": "]}" * 100, "quoted": '\\"[[[\\"'}
+
+    def body(depth: int) -> bytes:
+        event = bare(properties={**noise, "deep": _nested(depth - outer)})
+        return orjson.dumps({"batch": [event, bare()]} if batched else event)
+
+    assert parse(body(max_depth), max_depth=max_depth)[0].properties["open"] == "[{" * 100
+    with pytest.raises(InputError) as info:
+        parse(body(max_depth + 1), max_depth=max_depth)
+    assert info.value.message == f"JSON nested deeper than {max_depth} levels"
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_json = st.recursive(
+    st.none() | st.integers(-5, 5) | st.text(alphabet='[]{}\\"x', max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_depth_check_agrees_with_a_recursive_count(value: Any) -> None:
+    parsed = orjson.loads(orjson.dumps(value))
+    depth = _depth(parsed)
+    for limit in range(max(depth - 2, 0), depth + 3):
+        assert _depth_exceeds(parsed, limit) == (depth > limit)
