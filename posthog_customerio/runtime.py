@@ -369,13 +369,13 @@ class Connector:
         """Map and commit; returns once durable. Counts metrics for the caller's source."""
         result = await self.queue.ingest(events, self.mapper, lane=lane, checkpoint=checkpoint)
         m = self.metrics
-        m.events_received.labels(source).inc(len(events))
+        m.count(m.events_received, source, len(events))
         for reason, n in result.dropped.items():
-            m.events_dropped.labels(reason).inc(n)
+            m.count(m.events_dropped, reason, n)
         for action, n in result.actions.items():
-            m.operations_enqueued.labels(action).inc(n)
+            m.count(m.operations_enqueued, action, n)
         for kind, n in result.truncations.items():
-            m.mapping_truncations.labels(kind).inc(n)
+            m.count(m.mapping_truncations, kind, n)
         return result
 
     async def _follow_posthog(self) -> None:

@@ -167,7 +167,11 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
             "dropped": result.dropped_total,
             "reasons": result.dropped,
         }
-        notes = Counter(note for event in events for note in event.notes)
+        notes = (
+            Counter(note for event in events for note in event.notes)
+            if any(event.notes for event in events)
+            else None
+        )
         if notes:  # derived fields (uuid from content, time of receipt): say so
             answer["notes"] = dict(notes)
             log.info("webhook events with derived fields", extra={"ctx": {"notes": dict(notes)}})
