@@ -364,29 +364,56 @@ def write_bodies(path: Path, events: list[dict[str, Any]], batch: int) -> None:
             f.write(orjson.dumps(body) + b"\n")
 
 
-def ingest_rates(tmp: Path, users: int, secs: int) -> dict[str, Any]:
+def ingest_rates(tmp: Path, users: int, secs: int, *, paused: bool) -> dict[str, Any]:
+    """wrk against one fresh ``serve``: single-event then 100-event bodies.
+
+    ``paused``: the sandbox rejects the credentials, so delivery waits and what is measured
+    is the ingest path alone (parse, map, commit); else delivery (and the sandbox validating
+    every request) runs on the same two cores at the same time.
+    """
     events = make_events(2_000, users, seed=11, start=10_000_000)
     single, batched = tmp / "bodies1.jsonl", tmp / "bodies100.jsonl"
     write_bodies(single, events, 1)
     write_bodies(batched, events, 100)
     sandbox = Sandbox(tmp)
-    serve = Serve(tmp, tmp / "data-ingest", sandbox, **serve_env(1000, None))
+    if paused:
+        sandbox.faults(reject_credentials=True)
+    serve = Serve(tmp, tmp / f"data-ingest-{int(paused)}", sandbox, **serve_env(1000, None))
+    pid = serve.proc.popen.pid if serve.proc else 0
     try:
+        healthz = wrk_get(f"{serve.url}/healthz", 5, 32)
+        wrk(serve.url, single, 2, 32)  # warm-up: the first seconds after a start are slowest
+        cpu0 = cpu_secs(pid)
         r1 = wrk(serve.url, single, secs, 32)
-        serve.wait_drained(300)
+        cpu1 = cpu_secs(pid) - cpu0
+        wrk(serve.url, batched, 2, 8)
+        cpu0 = cpu_secs(pid)
         r100 = wrk(serve.url, batched, secs, 8)
-        serve.wait_drained(300)
+        cpu100 = cpu_secs(pid) - cpu0
+        if not paused:
+            serve.wait_drained(300)
     finally:
         serve.close()
         sandbox.close()
-    dur1, dur100 = r1["duration_us"] / 1e6, r100["duration_us"] / 1e6
+    ok1, ok100 = r1["requests"] - r1["non2xx"], 100 * (r100["requests"] - r100["non2xx"])
     return {
-        "single_eps": (r1["requests"] - r1["non2xx"]) / dur1,
+        "single_eps": ok1 / (r1["duration_us"] / 1e6),
         "single_p99_ms": r1["p99_ms"],
-        "batched_eps": 100 * (r100["requests"] - r100["non2xx"]) / dur100,
+        "single_cpu_us": 1e6 * cpu1 / max(1, ok1),
+        "batched_eps": ok100 / (r100["duration_us"] / 1e6),
         "batched_p99_ms": r100["p99_ms"],
+        "batched_cpu_us": 1e6 * cpu100 / max(1, ok100),
+        "healthz_rps": healthz,
         "failures": r1["non2xx"] + r1["errors"] + r100["non2xx"] + r100["errors"],
     }
+
+
+def wrk_get(url: str, secs: int, connections: int) -> float:
+    """Requests/s of a plain GET: how fast this machine serves HTTP at all (a yardstick)."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("Requests/sec:"))
+    return float(line.split()[1])
 
 
 def backlog_rss(tmp: Path, users: int, target_ops: int) -> dict[str, Any]:
@@ -599,8 +626,9 @@ def main() -> None:
             results["scenarios"].append({**scen, "rows": rows})
         if shutil_which("wrk"):
             print("ingest (wrk) ...", file=sys.stderr, flush=True)
-            results["ingest"] = ingest_rates(tmp, args.users, args.ingest_secs)
-            print(f"    {results['ingest']}", file=sys.stderr, flush=True)
+            for key, paused in (("ingest_paused", True), ("ingest", False)):
+                results[key] = ingest_rates(tmp, args.users, args.ingest_secs, paused=paused)
+                print(f"    {key}: {results[key]}", file=sys.stderr, flush=True)
             if args.backlog_ops:
                 print("backlog RSS ...", file=sys.stderr, flush=True)
                 results["backlog"] = backlog_rss(tmp, args.users, args.backlog_ops)
