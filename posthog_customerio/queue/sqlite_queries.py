@@ -87,6 +87,15 @@ READY_PARTITIONS_IN_LANE = """
 SELECT partition_key, head_id FROM partitions
 WHERE state = 0 AND head_lane = ? ORDER BY head_id
 """
+# The claim's fast path: operations in id order from the first ready head on, each with
+# whether its partition may be claimed now (ready, and in the lane asked for, ?2 NULL = any).
+# Read lazily and only so far: see _claim.
+SCAN_FROM = """
+SELECT o.id, o.partition_key, o.endpoint, o.action, o.body, o.size, o.attempts,
+       o.enqueued_at, o.event_uuid, p.state = 0 AND (?2 IS NULL OR p.head_lane = ?2)
+FROM operations AS o JOIN partitions AS p ON p.partition_key = o.partition_key
+WHERE o.id >= ?1 ORDER BY o.id
+"""
 GET_OPERATION = """
 SELECT id, partition_key, endpoint, action, body, size, attempts, enqueued_at, event_uuid
 FROM operations WHERE id = ?

@@ -6,6 +6,7 @@ The behaviour every queue shares is in ``test_queue_contract.py``.
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.queue import sqlite as sqlite_queue
 from posthog_customerio.queue import sqlite_queries as q
-from posthog_customerio.queue.base import Rejection
+from posthog_customerio.queue.base import Lane, Rejection
 from posthog_customerio.queue.sqlite import SQLiteQueue, migrations
 from tests.unit.test_queue_contract import BIG, MAPPER, NOW, ev, run
 
@@ -70,16 +72,100 @@ def test_claim_uses_indexes_not_scans(tmp_path: Path) -> None:
             (q.GET_OPERATION, (1,)),
             (q.UNBLOCK_EXPIRED, (NOW,)),
             (q.BLOCKED_PARTITIONS, (NOW,)),
+            (q.SCAN_FROM, (1, None)),
+            (q.SCAN_FROM, (1, "live")),
+            (q.GET_IDENTITIES, ("[]",)),
+            (q.SEEN_AMONG, ("[]",)),
         ]:
             plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args)]
             # an ordered walk of an index (read lazily) is fine; a bare scan or a sort is not
-            assert all("USING" in step for step in plan), (sql, plan)
+            # (json_each's own rows are the input list, walked once)
+            assert all("USING" in step or "VIRTUAL TABLE" in step for step in plan), (sql, plan)
             assert not any("TEMP B-TREE" in step for step in plan), (sql, plan)
         # rowid order is the table's own order: LIMIT 1 reads one row
         oldest = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {q.OLDEST_ENQUEUED_AT}")]
         assert oldest == ["SCAN operations"]
     finally:
         conn.close()
+
+
+def _random_queue(path: Path, seed: int) -> None:
+    """A queue in a random state: several partitions and lanes, some in flight, some blocked,
+    varied body sizes."""
+    rng = random.Random(seed)
+
+    async def body() -> None:
+        queue = SQLiteQueue.open(path)
+        try:
+            for _ in range(rng.randint(1, 6)):
+                events = [
+                    ev(f"u{rng.randint(0, 7)}", f"e{'x' * rng.randint(0, 300)}")
+                    for _ in range(rng.randint(1, 30))
+                ]
+                lane = rng.choice([Lane.LIVE, Lane.BACKFILL])
+                await queue.ingest(events, MAPPER, lane=lane)
+                if rng.random() < 0.5:
+                    claimed = await queue.claim(rng.randint(1, 20), BIG, NOW)
+                    if claimed and rng.random() < 0.5:
+                        await queue.retry([c.id for c in claimed], NOW + 60, "503")
+        finally:
+            await queue.close()
+
+    run(body())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_claim_scan_and_merge_agree(tmp_path: Path, seed: int) -> None:
+    """The one-statement scan claims exactly what the heap merge claims, whatever the state."""
+    path = tmp_path / "q.db"
+    _random_queue(path, seed)
+    rng = random.Random(seed * 7919)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        for _ in range(10):
+            max_ops, max_bytes = rng.randint(1, 60), rng.randint(50, 5_000)
+            lane = rng.choice([None, "live", "backfill"])
+            scanned = sqlite_queue._claim_by_scan(max_ops, max_bytes, lane, conn)
+            merged = sqlite_queue._claim_by_merge(max_ops, max_bytes, lane, conn)
+            assert scanned is not None
+            assert [r[0] for r in scanned] == [r[0] for r in merged]
+            assert scanned == merged
+    finally:
+        conn.close()
+
+
+def test_claim_falls_back_to_the_merge_past_a_large_blocked_partition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_queue, "SCAN_SKIP_LIMIT", 5)
+    calls: list[str] = []
+    merge = sqlite_queue._claim_by_merge
+    monkeypatch.setattr(
+        sqlite_queue,
+        "_claim_by_merge",
+        lambda *a: calls.append("merge") or merge(*a),  # type: ignore[func-returns-value]
+    )
+
+    async def body() -> None:
+        queue = SQLiteQueue.open(tmp_path / "q.db")
+        try:
+            # ids: ready r0 = 1, blocked b0..b19 = 2..21, ready r1 = 22
+            await queue.ingest([ev("r", "r0")], MAPPER)
+            await queue.ingest([ev("b", f"b{i}") for i in range(20)], MAPPER)
+            await queue.ingest([ev("r", "r1")], MAPPER)
+            taken = await queue.claim(21, BIG, NOW)
+            assert [c.partition for c in taken] == ["r"] + ["b"] * 20
+            await queue.retry([c.id for c in taken if c.partition == "b"], NOW + 60, "503")
+            await queue.release([c.id for c in taken if c.partition == "r"])
+            assert calls == []
+            # the scan starts at r0, meets 20 operations of the blocked "b": too many to step over
+            claimed = await queue.claim(10, BIG, NOW)
+            assert calls == ["merge"]
+            assert [(c.partition, c.id) for c in claimed] == [("r", 1), ("r", 22)]
+        finally:
+            await queue.close()
+
+    run(body())
 
 
 def test_disk_full_mid_job_fails_that_call_and_writes_nothing(tmp_path: Path) -> None:
