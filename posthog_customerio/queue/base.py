@@ -8,6 +8,7 @@ and new state" is one atomic step.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -77,6 +78,38 @@ class IngestResult:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+@dataclass(slots=True)
+class IngestTally:
+    """The counts of one ingest call, added up event by event; both queues use it so the
+    counting rules live in one place."""
+
+    accepted: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    actions: Counter[str] = field(default_factory=Counter)
+    truncations: Counter[str] = field(default_factory=Counter)
+
+    def add(self, outcome: MappingOutcome) -> None:
+        """Count one mapped event: its operations, or why it produced none."""
+        for op in outcome.operations:
+            self.actions[op.action] += 1
+        if outcome.operations:
+            self.accepted += 1
+        if outcome.dropped is not None:
+            self.dropped[outcome.dropped] += 1
+        elif not outcome.operations:
+            self.dropped["nothing_to_send"] += 1
+        if outcome.truncations:
+            self.truncations.update(outcome.truncations)
+
+    def result(self) -> IngestResult:
+        return IngestResult(
+            accepted=self.accepted,
+            dropped=dict(self.dropped),
+            actions=dict(self.actions),
+            truncations=dict(self.truncations),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,6 @@ import logging
 import os
 import socket
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,6 +46,7 @@ from posthog_customerio.queue.base import (
     ForgetResult,
     Forgetter,
     IngestResult,
+    IngestTally,
     Lane,
     Mapper,
     QueueStats,
@@ -186,13 +186,10 @@ def _plan_job(
     local: dict[str, IdentityState] = {}
     local_seen: set[str] = set()
     planned = _Planned(IngestResult())
-    dropped: Counter[str] = Counter()
-    actions: Counter[str] = Counter()
-    truncations: Counter[str] = Counter()
-    accepted = 0
+    tally = IngestTally()
     for event in job.events:
         if event.uuid in seen or event.uuid in local_seen:
-            dropped["duplicate"] += 1
+            tally.dropped["duplicate"] += 1
             continue
         local_seen.add(event.uuid)
         planned.uuids.append(event.uuid)
@@ -214,22 +211,10 @@ def _plan_job(
                     job.lane.value,
                 )
             )
-            actions[op.action] += 1
-        if outcome.operations:
-            accepted += 1
-        if outcome.dropped is not None:
-            dropped[outcome.dropped] += 1
-        elif not outcome.operations:
-            dropped["nothing_to_send"] += 1
-        truncations.update(outcome.truncations)
+        tally.add(outcome)
     current.update(local)
     seen |= local_seen
-    planned.result = IngestResult(
-        accepted=accepted,
-        dropped=dict(dropped),
-        actions=dict(actions),
-        truncations=dict(truncations),
-    )
+    planned.result = tally.result()
     return planned
 
 

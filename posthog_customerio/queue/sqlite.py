@@ -44,6 +44,7 @@ from posthog_customerio.queue.base import (
     ForgetResult,
     Forgetter,
     IngestResult,
+    IngestTally,
     Lane,
     Mapper,
     QueueStats,
@@ -478,12 +479,9 @@ def _ingest(calls: Sequence[_IngestCall], conn: sqlite3.Connection) -> list[Inge
     results: list[IngestResult] = []
     for call, kept, per_call, duplicate in zip(calls, fresh, related, duplicates, strict=True):
         mapper, lane = call.mapper, call.lane.value
-        accepted = 0
-        dropped: Counter[str] = Counter()
-        actions: Counter[str] = Counter()
-        truncations: Counter[str] = Counter()
+        tally = IngestTally()
         if duplicate:
-            dropped["duplicate"] = duplicate
+            tally.dropped["duplicate"] = duplicate
         for event, ids in zip(kept, per_call, strict=True):
             outcome = mapper.map(event, {distinct_id: current[distinct_id] for distinct_id in ids})
             current.update(outcome.states)
@@ -505,23 +503,8 @@ def _ingest(calls: Sequence[_IngestCall], conn: sqlite3.Connection) -> list[Inge
                 if op.partition not in heads:
                     heads[op.partition] = (next_id, lane)
                 next_id += 1
-                actions[op.action] += 1
-            if outcome.operations:
-                accepted += 1
-            if outcome.dropped is not None:
-                dropped[outcome.dropped] += 1
-            elif not outcome.operations:
-                dropped["nothing_to_send"] += 1
-            if outcome.truncations:
-                truncations.update(outcome.truncations)
-        results.append(
-            IngestResult(
-                accepted=accepted,
-                dropped=dict(dropped),
-                actions=dict(actions),
-                truncations=dict(truncations),
-            )
-        )
+            tally.add(outcome)
+        results.append(tally.result())
     conn.executemany(q.INSERT_OPERATION_WITH_ID, rows)
     if rows:
         conn.execute(q.OPERATIONS_ADDED, (len(rows),))
