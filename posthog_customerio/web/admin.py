@@ -34,6 +34,7 @@ from starlette.routing import Route
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.queue.base import DeadLetter
 from posthog_customerio.runtime import Connector
+from posthog_customerio.web.responses import error_response, json_response
 
 log = logging.getLogger("posthog_customerio.web.admin")
 
@@ -45,17 +46,6 @@ MAX_FORGET_IDS = 1_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def _error(status: int, message: str, field: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": message}
-    if field:
-        body["field"] = field
-    return _json(body, status)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -81,22 +71,28 @@ def admin_denied(request: Request, admin_token: str | None) -> Response | None:
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.strip().encode(), admin_token.encode()
         ):
-            return _error(401, "missing or wrong Authorization: Bearer <admin token>")
+            return error_response(401, "missing or wrong Authorization: Bearer <admin token>")
     else:
         client = request.client.host if request.client is not None else ""
         if not is_loopback_host(client) or not is_loopback_host(
             _host_name(request.headers.get("host", ""))
         ):
-            return _error(403, "admin endpoints need admin_token, or a loopback client and address")
+            return error_response(
+                403, "admin endpoints need admin_token, or a loopback client and address"
+            )
     if request.method not in SAFE_METHODS:
         if request.headers.get(CSRF_HEADER, "").strip().lower() != CSRF_VALUE:
-            return _error(403, f"state-changing admin requests need X-Requested-With: {CSRF_VALUE}")
+            return error_response(
+                403, f"state-changing admin requests need X-Requested-With: {CSRF_VALUE}"
+            )
         origin = request.headers.get("origin")
         if (
             origin is not None
             and urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
         ):
-            return _error(403, "Origin does not match Host: cross-site admin request refused")
+            return error_response(
+                403, "Origin does not match Host: cross-site admin request refused"
+            )
     return None
 
 
@@ -227,9 +223,9 @@ def admin_routes(connector: Connector) -> list[Route]:
             try:
                 return await handler(request)
             except _BadRequest as exc:
-                return _error(400, exc.message, exc.field)
+                return error_response(400, exc.message, exc.field)
             except QueueUnavailable as exc:
-                return _error(503, f"queue unavailable, retry later: {exc}")
+                return error_response(503, f"queue unavailable, retry later: {exc}")
 
         return endpoint
 
@@ -242,23 +238,25 @@ def admin_routes(connector: Connector) -> list[Route]:
             since=since,
             limit=min(int(limit) if limit is not None else 100, MAX_LIST_LIMIT),
         )
-        return _json({"dead_letters": [dead_letter_json(r) for r in rows], "count": len(rows)})
+        return json_response(
+            {"dead_letters": [dead_letter_json(r) for r in rows], "count": len(rows)}
+        )
 
     async def show_dead_letter(request: Request) -> Response:
         row = await connector.queue.get_dead_letter(int(request.path_params["id"]))
         if row is None:
-            return _error(404, f"no dead letter with id {request.path_params['id']}")
-        return _json(dead_letter_json(row))
+            return error_response(404, f"no dead letter with id {request.path_params['id']}")
+        return json_response(dead_letter_json(row))
 
     async def replay(request: Request) -> Response:
         n = await connector.queue.replay_dead_letters(await _selection(request, connector))
         log.info("dead letters replayed", extra={"ctx": {"replayed": n, "via": "http"}})
-        return _json({"replayed": n})
+        return json_response({"replayed": n})
 
     async def purge(request: Request) -> Response:
         n = await connector.queue.purge_dead_letters(await _selection(request, connector))
         log.info("dead letters purged", extra={"ctx": {"purged": n, "via": "http"}})
-        return _json({"purged": n})
+        return json_response({"purged": n})
 
     async def forget(request: Request) -> Response:
         ids, suppress = _forget_request(await _json_object(request))
@@ -278,7 +276,7 @@ def admin_routes(connector: Connector) -> list[Route]:
                 }
             },
         )
-        return _json({**counts, "suppress": suppress})
+        return json_response({**counts, "suppress": suppress})
 
     return [
         Route("/admin/dead-letters", guarded(list_dead_letters), methods=["GET"]),

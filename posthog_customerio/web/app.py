@@ -30,23 +30,9 @@ from posthog_customerio.runtime import SANDBOX_PREFIX, Connector, workers_snapsh
 from posthog_customerio.sources.webhook import parse_webhook_body
 from posthog_customerio.web.admin import admin_routes
 from posthog_customerio.web.history import History
+from posthog_customerio.web.responses import error_body, json_response
 
 log = logging.getLogger("posthog_customerio.web")
-
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(data), status_code=status, media_type="application/json", headers=headers
-    )
-
-
-def error_response(status: int, message: str, field: str | None = None) -> Response:
-    body: dict[str, Any] = {"error": message}
-    if field:
-        body["field"] = field
-    return json_response(body, status)
 
 
 async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
@@ -112,13 +98,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def _error(status: int, message: str, field: str | None = None) -> bytes:
-    body: dict[str, Any] = {"error": message}
-    if field:
-        body["field"] = field
-    return orjson.dumps(body)
-
-
 RETRY_LATER = [(b"retry-after", b"5")]
 
 
@@ -134,7 +113,7 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
         if secret is not None and not bearer_ok(
             _header(scope, b"authorization") or "", secret.get_secret_value()
         ):
-            return 401, _error(401, "missing or wrong Authorization: Bearer <webhook secret>"), []
+            return 401, error_body("missing or wrong Authorization: Bearer <webhook secret>"), []
         stage = "reading the body"
         try:
             body = await read_body(
@@ -147,21 +126,21 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
             stage = "enqueueing"
             result = await connector.ingest(events, "webhook")
         except PayloadTooLarge as exc:
-            return 413, _error(413, str(exc)), []
+            return 413, error_body(str(exc)), []
         except InputError as exc:
-            return 400, _error(400, exc.message, exc.field), []
+            return 400, error_body(exc.message, exc.field), []
         except QueueUnavailable as exc:
             log.warning("webhook refused: queue unavailable", extra={"ctx": {"error": str(exc)}})
-            return 503, _error(503, f"queue unavailable, retry later: {exc}"), RETRY_LATER
+            return 503, error_body(f"queue unavailable, retry later: {exc}"), RETRY_LATER
         except ClientDisconnect:
-            return 400, _error(400, "the client disconnected before sending the whole body"), []
+            return 400, error_body("the client disconnected before sending the whole body"), []
         except Exception as exc:
             # A bug, not bad input: logged with its traceback, answered without one.
             log.exception("webhook failed unexpectedly", extra={"ctx": {"stage": stage}})
             what = f"internal error while {stage} ({type(exc).__name__}); it was logged"
             if stage == "enqueueing":  # retrying is safe: events are deduplicated by uuid
-                return 503, _error(503, f"{what}, retry later"), RETRY_LATER
-            return 400, _error(400, f"{what}; this payload cannot be accepted"), []
+                return 503, error_body(f"{what}, retry later"), RETRY_LATER
+            return 400, error_body(f"{what}; this payload cannot be accepted"), []
         answer: dict[str, Any] = {
             "accepted": result.accepted,
             "dropped": result.dropped_total,
