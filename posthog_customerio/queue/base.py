@@ -8,6 +8,7 @@ and new state" is one atomic step.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +79,18 @@ class IngestResult:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+
+@dataclass(slots=True)
+class PendingIngest:
+    """One ``ingest`` call waiting to be written, with the future its caller awaits: both
+    queues collect these so that concurrent calls share one transaction."""
+
+    events: Sequence[PostHogEvent]
+    mapper: Mapper
+    lane: Lane
+    checkpoint: Checkpoint | None
+    future: asyncio.Future[IngestResult]
 
 
 @dataclass(slots=True)

@@ -49,6 +49,7 @@ from posthog_customerio.queue.base import (
     IngestTally,
     Lane,
     Mapper,
+    PendingIngest,
     QueueStats,
     Rejection,
     WorkerInfo,
@@ -155,15 +156,6 @@ async def apply_migrations(conn: Any, target: int | None = None) -> list[int]:
 # --- ingest jobs ---------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _IngestJob:
-    events: list[PostHogEvent]
-    mapper: Mapper
-    lane: Lane
-    checkpoint: Checkpoint | None
-    future: asyncio.Future[IngestResult]
-
-
 class _SeenRace(Exception):
     """Another process committed one of this group's uuids between our check and insert."""
 
@@ -178,7 +170,7 @@ class _Planned:
 
 
 def _plan_job(
-    job: _IngestJob,
+    job: PendingIngest,
     seen: set[str],
     current: dict[str, IdentityState],
 ) -> _Planned:
@@ -283,7 +275,7 @@ class PostgresQueue:
         self._closed = False
         self.worker_id: int | None = None
         self.commit_count = 0
-        self._jobs: asyncio.Queue[_IngestJob | None] | None = None
+        self._jobs: asyncio.Queue[PendingIngest | None] | None = None
         self._writers: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
         self._work: asyncio.Event | None = None
@@ -487,7 +479,7 @@ class PostgresQueue:
         if self._closed or self._jobs is None:
             raise QueueUnavailable("the queue is closed")
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._jobs.put_nowait(_IngestJob(list(events), mapper, lane, checkpoint, future))
+        self._jobs.put_nowait(PendingIngest(list(events), mapper, lane, checkpoint, future))
         result = await future
         if result.actions:
             self._signal_work()
@@ -514,7 +506,7 @@ class PostgresQueue:
             if stopping:
                 return
 
-    async def _run_group(self, jobs: list[_IngestJob]) -> None:
+    async def _run_group(self, jobs: list[PendingIngest]) -> None:
         outcomes: list[IngestResult | BaseException] = []
         error: BaseException | None = None
         for _attempt in range(SEEN_RACE_ATTEMPTS):
@@ -546,7 +538,7 @@ class PostgresQueue:
                 job.future.set_result(outcomes[i])  # type: ignore[arg-type]
 
     async def _ingest_group(
-        self, conn: Any, jobs: list[_IngestJob]
+        self, conn: Any, jobs: list[PendingIngest]
     ) -> list[IngestResult | BaseException]:
         now = time.time()
         related: set[str] = set()

@@ -47,6 +47,7 @@ from posthog_customerio.queue.base import (
     IngestTally,
     Lane,
     Mapper,
+    PendingIngest,
     QueueStats,
     Rejection,
     WorkerInfo,
@@ -396,21 +397,10 @@ def _store_operation(
         known_partitions.add(op.partition)
 
 
-@dataclass(slots=True)
-class _IngestCall:
-    """One ``ingest`` call waiting for the writer, with the future its caller awaits."""
-
-    events: Sequence[PostHogEvent]
-    mapper: Mapper
-    lane: Lane
-    checkpoint: Checkpoint | None
-    future: asyncio.Future[IngestResult]
-
-
 _Outcome = tuple[IngestResult | None, BaseException | None]
 
 
-def _ingest_isolated(calls: Sequence[_IngestCall], conn: sqlite3.Connection) -> list[_Outcome]:
+def _ingest_isolated(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[_Outcome]:
     """All waiting calls in one pass; if that fails, each alone, so a bad call fails only itself.
 
     The pass over all of them is what makes single-event webhooks cheap under load: one set of
@@ -431,7 +421,7 @@ def _ingest_isolated(calls: Sequence[_IngestCall], conn: sqlite3.Connection) -> 
     return [(result, None) for result in results]
 
 
-def _ingest(calls: Sequence[_IngestCall], conn: sqlite3.Connection) -> list[IngestResult]:
+def _ingest(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[IngestResult]:
     """Map and store the events of ``calls`` in order, set-at-a-time.
 
     Per-row statements were the largest cost of batched webhooks (every ``execute`` is a trip
@@ -900,8 +890,8 @@ class SQLiteQueue:
         self._background: set[asyncio.Task[None]] = set()
         # Ingest calls waiting for the writer: it takes all of them at once (_take_and_ingest).
         self._ingest_lock = threading.Lock()
-        self._ingest_calls: list[_IngestCall] = []
-        self._taken: list[_IngestCall] = []
+        self._ingest_calls: list[PendingIngest] = []
+        self._taken: list[PendingIngest] = []
 
     @classmethod
     def open(
@@ -981,12 +971,12 @@ class SQLiteQueue:
         if not events and checkpoint is None:
             return IngestResult()
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        call = _IngestCall(list(events), mapper, lane, checkpoint, future)
+        call = PendingIngest(list(events), mapper, lane, checkpoint, future)
         with self._ingest_lock:
             self._ingest_calls.append(call)
             first = len(self._ingest_calls) == 1
         if first:  # else the writer job already queued will take this call too
-            taken: list[_IngestCall] = []
+            taken: list[PendingIngest] = []
             try:
                 job = self._writer.submit(partial(self._take_and_ingest, taken))
             except BaseException:
@@ -1000,7 +990,7 @@ class SQLiteQueue:
         return result
 
     def _take_and_ingest(
-        self, taken: list[_IngestCall], conn: sqlite3.Connection
+        self, taken: list[PendingIngest], conn: sqlite3.Connection
     ) -> list[_Outcome]:
         """Writer thread: every ingest call waiting right now, in one savepoint if possible."""
         with self._ingest_lock:
@@ -1009,7 +999,7 @@ class SQLiteQueue:
         return _ingest_isolated(taken, conn)
 
     def _settle_ingests(
-        self, taken: list[_IngestCall], job: asyncio.Future[list[_Outcome]]
+        self, taken: list[PendingIngest], job: asyncio.Future[list[_Outcome]]
     ) -> None:
         """Loop thread, after the COMMIT (or its failure): answer each call's caller."""
         if job.cancelled() or job.exception() is not None:
