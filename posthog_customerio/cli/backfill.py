@@ -24,14 +24,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from posthog_customerio.cli.main import (
+from posthog_customerio.cli.common import (
     ConfigOpt,
     DataDirOpt,
     PluginOpt,
-    _since,
     err,
     fail,
     out,
+    parse_since,
     secrets_of,
     settings_from,
 )
@@ -166,8 +166,8 @@ def backfill(
         ]
         if missing:
             fail(f"--posthog-url needs {', '.join(missing)}", 2)
-        since_ts = _since(since)
-        until_ts = _since(until)
+        since_ts = parse_since(since)
+        until_ts = parse_since(until)
         assert since_ts is not None
         query = ApiQuery(
             since=bf.iso(int(since_ts * 1000)),
