@@ -1,4 +1,5 @@
-"""The PostHog query API source against a fake PostHog over loopback, into a real SQLite queue."""
+"""The PostHog query API source and its follow loop (``pipeline/follow.py``) against a fake
+PostHog over loopback, into a real SQLite queue."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import pytest
 
 from posthog_customerio.mapping.mapper import EventMapper
 from posthog_customerio.mapping.rules import MappingRules
+from posthog_customerio.pipeline import backfill as bf
+from posthog_customerio.pipeline.checkpoint import api_source, cursor_from_json
+from posthog_customerio.pipeline.follow import FollowState, follow_chunks
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane
 from posthog_customerio.queue.sqlite import SQLiteQueue
-from posthog_customerio.sources import backfill as bf
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.posthog_api import (
     ApiCursor,
@@ -87,8 +90,8 @@ def test_pages_through_the_api_with_a_429_into_the_queue(
         client = client_for(fake)
         try:
             rec = Recorder(queue)
-            source = bf.api_source(fake.url, 2)
-            chunks = bf.follow_chunks(
+            source = api_source(fake.url, 2)
+            chunks = follow_chunks(
                 client,
                 ApiQuery(since=SINCE, page_size=300),
                 source,
@@ -105,7 +108,7 @@ def test_pages_through_the_api_with_a_429_into_the_queue(
             assert all(lanes == [Lane.BACKFILL] for lanes in rec.lanes.values())
             assert stats.dropped.get("duplicate", 0) == 0
             stored = await queue.get_checkpoint(source)
-            assert stored is not None and ApiCursor.from_json(stored).uuid == rows[-1]["uuid"]
+            assert stored is not None and cursor_from_json(stored).uuid == rows[-1]["uuid"]
             assert client.throttled >= 1 and fake.throttled == client.throttled
         finally:
             await client.aclose()
@@ -134,10 +137,10 @@ def test_an_interrupted_api_backfill_resumes_after_its_checkpoint(
                 if stop_after_chunks is not None and s.events >= stop_after_chunks * 100:
                     stop.set()
 
-            chunks = bf.follow_chunks(
+            chunks = follow_chunks(
                 client,
                 ApiQuery(since=SINCE, page_size=250),
-                bf.api_source(fake.url, 2),
+                api_source(fake.url, 2),
                 queue.get_checkpoint,
                 stop,
                 poll_secs=1,
@@ -173,13 +176,13 @@ def test_follow_picks_up_new_and_late_events_in_the_live_lane(
         queue = SQLiteQueue.open(tmp_path / "q.db")
         client = client_for(fake)
         stop = asyncio.Event()
-        state = bf.FollowState("test")
+        state = FollowState("test")
         try:
             rec = Recorder(queue)
-            chunks = bf.follow_chunks(
+            chunks = follow_chunks(
                 client,
                 ApiQuery(since=SINCE, page_size=400),
-                bf.api_source(fake.url, 2),
+                api_source(fake.url, 2),
                 queue.get_checkpoint,
                 stop,
                 poll_secs=0.02,
