@@ -93,24 +93,6 @@ def open_queue(settings: Settings, *, owner: bool) -> Queue:
     return SQLiteQueue.open(path, owner=owner)
 
 
-async def workers_snapshot(queue: Queue) -> list[dict[str, object]]:
-    """The live serving processes for status (one with SQLite, every one on PostgreSQL)."""
-    now = time.time()
-    return [
-        {
-            "id": w.id,
-            "host": w.host,
-            "pid": w.pid,
-            "started_at": round(w.started_at, 3),
-            "heartbeat_age_secs": round(max(0.0, now - w.heartbeat_at), 3),
-            "partitions": w.partitions,
-            "partition_sample": list(w.partition_sample),
-            "this_process": w.this_process,
-        }
-        for w in await queue.workers()
-    ]
-
-
 async def start_queue(queue: Queue) -> None:
     """Connect (and as owner migrate and register) now, so that ``serve`` fails at start-up
     rather than on its first webhook. SQLite is ready once opened."""
