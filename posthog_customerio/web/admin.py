@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,7 @@ from starlette.routing import Route
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.queue.base import DeadLetter
 from posthog_customerio.runtime import Connector
+from posthog_customerio.settings import is_loopback_host
 from posthog_customerio.web.responses import error_response, json_response
 
 log = logging.getLogger("posthog_customerio.web.admin")
@@ -46,17 +46,6 @@ MAX_FORGET_IDS = 1_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost``, ``127.0.0.0/8``, ``::1`` (brackets and zone ids tolerated)."""
-    host = host.strip().strip("[]").split("%", 1)[0].lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_name(host_header: str) -> str:
