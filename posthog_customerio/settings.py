@@ -1,7 +1,13 @@
 """Typed settings: one tree, validated at start-up, every problem reported at once.
 
 Precedence: CLI flag > environment > config file (TOML) > ``--plugin-config`` (the PostHog
-app's plugin.json) > default. Secrets are ``SecretStr`` so they never print.
+app's plugin.json) > default. Secrets are ``SecretStr`` so they never print. Each option also
+declares (``Option``) what a reload does with it and whether it is a secret.
+
+The layering is a few dict updates here rather than ``pydantic-settings``: tried, it needed a
+subclass per call, a private hook to read a given environment, and aliases that would accept
+variable names as config keys, while its TOML source ignores a missing file and raises on a bad
+one instead of reporting it with every other problem.
 """
 
 from __future__ import annotations
@@ -287,6 +293,14 @@ PLUGIN_ANONYMOUS = {
 PLUGIN_HOSTS = {"track.customer.io": "us", "track-eu.customer.io": "eu"}
 
 
+# An empty value from any source leaves an optional text option unset, as in the environment.
+_EMPTY_IS_UNSET = tuple(
+    name
+    for name, info in Settings.model_fields.items()
+    if info.default is None and info.annotation in (str | None, SecretStr | None)
+)
+
+
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for name, option in ENV_NAMES.items():
@@ -451,15 +465,7 @@ def load_settings(
         except ValueError as exc:
             problems.append(f"object_types: {exc}")
             top.pop("object_types")
-    for key in (
-        "webhook_secret",
-        "admin_token",
-        "api_key",
-        "site_id",
-        "track_url",
-        "posthog_url",
-        "posthog_personal_api_key",
-    ):
+    for key in _EMPTY_IS_UNSET:
         if top.get(key) == "":
             top.pop(key)
     if bool(top.get("site_id")) != bool(top.get("api_key")):
