@@ -32,14 +32,13 @@ from posthog_customerio.cli.main import (
     err,
     fail,
     out,
-    secrets_of,
     settings_from,
 )
 from posthog_customerio.errors import ConnectorError, InputError
 from posthog_customerio.mapping.explain import format_explanation
 from posthog_customerio.mapping.mapper import EventMapper
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane, Queue
-from posthog_customerio.settings import Settings
+from posthog_customerio.settings import Settings, secret_values
 from posthog_customerio.sources import backfill as bf
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.export_files import BadRow, discover
@@ -143,7 +142,7 @@ def backfill(
         follow_poll_secs=poll_secs,
         follow_lag_secs=lag_secs,
     )
-    logs.configure(settings.log_format, secrets=secrets_of(settings))
+    logs.configure(settings.log_format, secrets=secret_values(settings))
     api = posthog_url is not None or (not paths and settings.posthog_url is not None)
     if paths and api:
         fail("give export files or --posthog-url, not both", 2)

@@ -7,7 +7,6 @@ option or input at fault; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import re
 import sys
 import time
@@ -23,7 +22,12 @@ from rich.table import Table
 
 from posthog_customerio import __version__, logs
 from posthog_customerio.errors import ConfigError, ConnectorError, InputError
-from posthog_customerio.settings import Settings, load_settings
+from posthog_customerio.settings import (
+    Settings,
+    load_settings,
+    missing_webhook_secret,
+    secret_values,
+)
 
 if TYPE_CHECKING:
     from posthog_customerio.admin import Selection
@@ -72,28 +76,6 @@ def settings_from(config: Path | None, plugin_config: Path | None, **cli: Any) -
         for problem in exc.problems:
             err.print(f"  - {problem}")
         raise typer.Exit(2) from None
-
-
-def secrets_of(settings: Settings) -> list[str]:
-    return [
-        s.get_secret_value()
-        for s in (
-            settings.api_key,
-            settings.webhook_secret,
-            settings.admin_token,
-            settings.posthog_personal_api_key,
-        )
-        if s is not None
-    ]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @app.callback()
@@ -147,12 +129,8 @@ def serve(
         "follow_posthog": follow_posthog or None,
     }
     settings = settings_from(config, plugin_config, **cli_values)
-    logs.configure(settings.log_format, secrets=secrets_of(settings))
-    if (
-        not is_loopback(settings.host)
-        and settings.webhook_secret is None
-        and not settings.insecure_no_auth
-    ):
+    logs.configure(settings.log_format, secrets=secret_values(settings))
+    if missing_webhook_secret(settings):
         fail(
             f"refusing to listen on {settings.host} without webhook_secret "
             "(set POSTHOG_CUSTOMERIO_WEBHOOK_SECRET, or pass --insecure-no-auth)",

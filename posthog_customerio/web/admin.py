@@ -20,7 +20,6 @@ they carried with its ``Authorization`` already redacted.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +33,7 @@ from posthog_customerio import admin
 from posthog_customerio.admin import Selection
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.runtime import Connector
+from posthog_customerio.settings import is_loopback_host
 from posthog_customerio.web.responses import error_response, json_response
 
 CSRF_HEADER = "x-requested-with"
@@ -44,17 +44,6 @@ MAX_FORGET_IDS = 1_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost``, ``127.0.0.0/8``, ``::1`` (brackets and zone ids tolerated)."""
-    host = host.strip().strip("[]").split("%", 1)[0].lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_name(host_header: str) -> str:
