@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import re
 import signal
@@ -29,7 +28,14 @@ from posthog_customerio.mapping.mapper import EventMapper
 from posthog_customerio.metrics import Metrics
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane, Queue, QueueStats
 from posthog_customerio.queue.sqlite import SQLiteQueue
-from posthog_customerio.settings import Settings
+from posthog_customerio.settings import (
+    OPTIONS,
+    Reload,
+    Settings,
+    missing_webhook_secret,
+    plan_reload,
+    secret_values,
+)
 from posthog_customerio.sources.event import PostHogEvent
 
 if TYPE_CHECKING:
@@ -41,24 +47,6 @@ SANDBOX_PREFIX = "/sandbox"
 PRUNE_FIRST_SECS = 60.0
 PRUNE_EVERY_SECS = 3600.0
 SANDBOX_CREDENTIALS = ("sandbox", "sandbox")
-
-# What a reload (SIGHUP) cannot change in a running process: it keeps the old value and says
-# that the new one needs a restart.
-RESTART_FIELDS = (
-    "host",
-    "port",
-    "data_dir",
-    "database_url",
-    "sandbox",
-    "insecure_no_auth",
-    "log_format",
-)
-RESTART_DELIVERY_FIELDS = ("max_in_flight",)
-SECRET_FIELDS = frozenset({"api_key", "webhook_secret", "admin_token", "posthog_personal_api_key"})
-CREDENTIAL_FIELDS = frozenset({"site_id", "api_key", "region", "track_url"})
-MAPPING_FIELDS = frozenset(
-    {"anonymous_users", "event_allowlist", "identify_by_email", "object_types"}
-)
 
 
 def sqlite_path(database_url: str) -> Path:
@@ -91,24 +79,6 @@ def open_queue(settings: Settings, *, owner: bool) -> Queue:
     path = sqlite_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
     return SQLiteQueue.open(path, owner=owner)
-
-
-async def workers_snapshot(queue: Queue) -> list[dict[str, object]]:
-    """The live serving processes for status (one with SQLite, every one on PostgreSQL)."""
-    now = time.time()
-    return [
-        {
-            "id": w.id,
-            "host": w.host,
-            "pid": w.pid,
-            "started_at": round(w.started_at, 3),
-            "heartbeat_age_secs": round(max(0.0, now - w.heartbeat_at), 3),
-            "partitions": w.partitions,
-            "partition_sample": list(w.partition_sample),
-            "this_process": w.this_process,
-        }
-        for w in await queue.workers()
-    ]
 
 
 async def start_queue(queue: Queue) -> None:
@@ -268,7 +238,7 @@ class Connector:
         """Re-read the config sources ``serve`` started with and apply what changed.
 
         An invalid new config changes nothing: every problem is logged and the running config
-        stays. Returns the changes applied (or refused), as logged.
+        stays. Returns the changes applied (or kept for a restart), as logged.
         """
         if self._reload_settings is None:
             return []
@@ -282,55 +252,26 @@ class Connector:
             for problem in exc.problems:
                 log.error("config reload problem", extra={"ctx": {"problem": problem}})
             return []
-        if (
-            not _is_loopback(self.settings.host)
-            and new.webhook_secret is None
-            and not self.settings.insecure_no_auth
-        ):
+        return self.reload(new)
+
+    def reload(self, new: Settings) -> list[str]:
+        """Apply ``new`` to the running connector as the options' declarations say
+        (``settings.plan_reload``): each message names an option whose new value is now in
+        effect, or says it waits for a restart. Never logs a secret's value."""
+        plan = plan_reload(self.settings, new, sandbox=self.target.sandbox)
+        effective = plan.effective
+        if missing_webhook_secret(effective):
             log.error(
                 "config reload refused; the running config is kept",
                 extra={"ctx": {"problem": "webhook_secret: required on a non-loopback address"}},
             )
             return []
-        return self.reload(new)
-
-    def reload(self, new: Settings) -> list[str]:
-        """Apply ``new`` to the running connector; fields of ``RESTART_FIELDS`` keep their
-        old value. Logs each change by option name, never a secret's value."""
-        old = self.settings
-        keep = {f: getattr(old, f) for f in RESTART_FIELDS}
-        delivery = new.delivery.model_copy(
-            update={f: getattr(old.delivery, f) for f in RESTART_DELIVERY_FIELDS}
-        )
-        effective = new.model_copy(update={**keep, "delivery": delivery})
-        messages: list[str] = []
-        for name in RESTART_FIELDS:
-            if getattr(new, name) != getattr(old, name):
-                messages.append(f"{name}: changed in the config, takes effect after a restart")
-        for name in RESTART_DELIVERY_FIELDS:
-            if getattr(new.delivery, name) != getattr(old.delivery, name):
-                messages.append(f"{name}: changed in the config, takes effect after a restart")
-        changed = _changed_fields(old, effective)
-        for name in changed:
-            if name in SECRET_FIELDS:
-                messages.append(f"{name}: changed")
-            else:
-                before, after = _field(old, name), _field(effective, name)
-                messages.append(f"{name}: {before!r} -> {after!r}")
-        if changed & CREDENTIAL_FIELDS and (self.target.sandbox or not effective.has_credentials):
-            messages.append("credentials: switching to or from the sandbox needs a restart")
-            effective = effective.model_copy(update={f: getattr(old, f) for f in CREDENTIAL_FIELDS})
-            changed -= CREDENTIAL_FIELDS
-        logs.add_secrets(
-            s.get_secret_value()
-            for s in (effective.api_key, effective.webhook_secret, effective.admin_token)
-            if s is not None
-        )
+        logs.add_secrets(secret_values(new))
         self.settings = effective
-        if changed & MAPPING_FIELDS:
+        applied = {OPTIONS[name].reload for name in plan.applied}
+        if Reload.MAPPING in applied:
             self.mapper = EventMapper(effective.mapping_rules())
-        client: TrackClient | None = None
-        if changed & CREDENTIAL_FIELDS and effective.has_credentials:
+        if Reload.CREDENTIALS in applied:
             assert effective.site_id is not None and effective.api_key is not None
             self.target = Target(
                 effective.effective_track_url,
@@ -338,22 +279,20 @@ class Connector:
                 effective.api_key.get_secret_value(),
                 sandbox=False,
             )
-            if self._client is not None:
-                self._retired_clients.append(self._client)  # in-flight requests finish on it
-                client = self._client = TrackClient(
-                    self.target.url,
-                    self.target.site_id,
-                    self.target.api_key,
-                    timeout_secs=effective.delivery.request_timeout_secs,
-                )
+        client: TrackClient | None = None
+        if applied & {Reload.CREDENTIALS, Reload.CLIENT} and self._client is not None:
+            self._retired_clients.append(self._client)  # in-flight requests finish on it
+            client = self._client = TrackClient(
+                self.target.url,
+                self.target.site_id,
+                self.target.api_key,
+                timeout_secs=effective.delivery.request_timeout_secs,
+            )
         if self._worker is not None:
             self._worker.reconfigure(effective.delivery, client)
-        if self._limiter is not None and effective.delivery.rate_limit_rps != (
-            old.delivery.rate_limit_rps
-        ):
+        if Reload.RATE_LIMIT in applied and self._limiter is not None:
             self._limiter.set_max_rate(effective.delivery.rate_limit_rps)
-        if not messages:
-            messages.append("nothing changed")
+        messages = list(plan.messages) or ["nothing changed"]
         for message in messages:
             log.info("config reloaded", extra={"ctx": {"change": message}})
         return messages
@@ -404,28 +343,3 @@ class Connector:
         m.queue_oldest_age.set(stats.oldest_age_secs)
         m.dead_letters.set(stats.dead_letters)
         return stats
-
-
-def _field(settings: Settings, name: str) -> object:
-    if name in Settings.model_fields and name != "delivery":
-        return getattr(settings, name)
-    return getattr(settings.delivery, name)
-
-
-def _changed_fields(old: Settings, new: Settings) -> set[str]:
-    """Names of the options (top level and delivery) whose values differ."""
-    names = [n for n in Settings.model_fields if n != "delivery"]
-    changed = {n for n in names if getattr(old, n) != getattr(new, n)}
-    changed |= {
-        n
-        for n in type(old.delivery).model_fields
-        if getattr(old.delivery, n) != getattr(new.delivery, n)
-    }
-    return changed
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

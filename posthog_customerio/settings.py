@@ -1,11 +1,19 @@
 """Typed settings: one tree, validated at start-up, every problem reported at once.
 
 Precedence: CLI flag > environment > config file (TOML) > ``--plugin-config`` (the PostHog
-app's plugin.json) > default. Secrets are ``SecretStr`` so they never print.
+app's plugin.json) > default. Secrets are ``SecretStr`` so they never print. Each option also
+declares (``Option``) what a reload does with it and whether it is a secret.
+
+The layering is a few dict updates here rather than ``pydantic-settings``: tried, it needed a
+subclass per call, a private hook to read a given environment, and aliases that would accept
+variable names as config keys, while its TOML source ignores a missing file and raises on a bad
+one instead of reporting it with every other problem.
 """
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 import json
 import logging
 import os
@@ -13,8 +21,10 @@ import re
 import stat
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -27,30 +37,64 @@ DATABASE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
 
+class Reload(enum.Enum):
+    """What a reload (SIGHUP) does with a changed option (``runtime.Connector.reload``)."""
+
+    LIVE = "live"  # read where it is used (per request, batch or loop): in effect at once
+    MAPPING = "mapping"  # a mapping rule: a new mapper
+    CREDENTIALS = "credentials"  # the Customer.io account: a new Track client (not the sandbox)
+    CLIENT = "client"  # a Track client setting: a new client
+    RATE_LIMIT = "rate_limit"  # the rate limiter's maximum
+    RESTART = "restart"  # the old value is kept until the process restarts
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """Declared on every setting (``Annotated[type, Option(...)]``), the one source of the
+    restart-only, secret, credential and mapping lists: what a reload does with a new value,
+    and whether the value is a secret (never printed, redacted from the logs)."""
+
+    reload: Reload
+    secret: bool = False
+
+
+LIVE = Option(Reload.LIVE)
+RESTART = Option(Reload.RESTART)
+MAPPING = Option(Reload.MAPPING)
+CREDENTIALS = Option(Reload.CREDENTIALS)
+
+
 class DeliverySettings(BaseModel):
     """Delivery tuning; every name carries its unit."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    batch_max_bytes: int = Field(default=450_000, ge=1_000, le=499_000)
-    batch_max_ops: int = Field(default=1_000, ge=1, le=10_000)
-    batch_linger_secs: float = Field(default=0.2, ge=0, le=60)
-    rate_limit_rps: float = Field(default=100.0, gt=0, le=1_000)
-    max_in_flight: int = Field(default=8, ge=1, le=256)
-    retry_initial_backoff_secs: float = Field(default=0.5, gt=0, le=600)
-    retry_max_backoff_secs: float = Field(default=60.0, gt=0, le=3_600)
-    retry_after_max_secs: float = Field(default=300.0, gt=0, le=3_600)
-    max_event_age_secs: float = Field(default=3 * 24 * 3600.0, gt=0)
-    request_timeout_secs: float = Field(default=30.0, gt=0, le=600)
-    credentials_recheck_secs: float = Field(default=30.0, gt=0, le=3_600)
-    shutdown_grace_secs: float = Field(default=10.0, ge=0, le=600)
+    batch_max_bytes: Annotated[int, LIVE] = Field(default=450_000, ge=1_000, le=499_000)
+    batch_max_ops: Annotated[int, LIVE] = Field(default=1_000, ge=1, le=10_000)
+    batch_linger_secs: Annotated[float, LIVE] = Field(default=0.2, ge=0, le=60)
+    rate_limit_rps: Annotated[float, Option(Reload.RATE_LIMIT)] = Field(
+        default=100.0, gt=0, le=1_000
+    )
+    # The worker's in-flight slots are made once, at start.
+    max_in_flight: Annotated[int, RESTART] = Field(default=8, ge=1, le=256)
+    retry_initial_backoff_secs: Annotated[float, LIVE] = Field(default=0.5, gt=0, le=600)
+    retry_max_backoff_secs: Annotated[float, LIVE] = Field(default=60.0, gt=0, le=3_600)
+    retry_after_max_secs: Annotated[float, LIVE] = Field(default=300.0, gt=0, le=3_600)
+    max_event_age_secs: Annotated[float, LIVE] = Field(default=3 * 24 * 3600.0, gt=0)
+    request_timeout_secs: Annotated[float, Option(Reload.CLIENT)] = Field(
+        default=30.0, gt=0, le=600
+    )
+    credentials_recheck_secs: Annotated[float, LIVE] = Field(default=30.0, gt=0, le=3_600)
+    # uvicorn takes its own share of the grace (open requests) when it starts.
+    shutdown_grace_secs: Annotated[float, RESTART] = Field(default=10.0, ge=0, le=600)
     # PostgreSQL scale-out: a process's claimed partitions stay leased to it until lease_secs
-    # after its last heartbeat; it renews them (and its heartbeat) every heartbeat_secs.
-    lease_secs: float = Field(default=30.0, gt=0, le=3_600)
-    heartbeat_secs: float = Field(default=5.0, gt=0, le=600)
+    # after its last heartbeat; it renews them (and its heartbeat) every heartbeat_secs. The
+    # store takes both when it opens.
+    lease_secs: Annotated[float, RESTART] = Field(default=30.0, gt=0, le=3_600)
+    heartbeat_secs: Annotated[float, RESTART] = Field(default=5.0, gt=0, le=600)
     # Minimum fraction (0..1) of delivery requests given to backfill operations while live
     # ones wait too; live traffic gets the rest, and all of it when no backfill is pending.
-    backfill_share: float = Field(default=0.5, ge=0, le=1)
+    backfill_share: Annotated[float, LIVE] = Field(default=0.5, ge=0, le=1)
 
 
 class Settings(BaseModel):
@@ -58,39 +102,43 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    site_id: str | None = None
-    api_key: SecretStr | None = None
-    region: Literal["us", "eu"] = "us"
-    track_url: str | None = None
+    site_id: Annotated[str | None, CREDENTIALS] = None
+    api_key: Annotated[SecretStr | None, Option(Reload.CREDENTIALS, secret=True)] = None
+    region: Annotated[Literal["us", "eu"], CREDENTIALS] = "us"
+    track_url: Annotated[str | None, CREDENTIALS] = None
 
-    anonymous_users: AnonymousUsers = AnonymousUsers.SEND_ALL
-    event_allowlist: tuple[str, ...] = ()
-    identify_by_email: bool = False
+    anonymous_users: Annotated[AnonymousUsers, MAPPING] = AnonymousUsers.SEND_ALL
+    event_allowlist: Annotated[tuple[str, ...], MAPPING] = ()
+    identify_by_email: Annotated[bool, MAPPING] = False
     # PostHog group type -> Customer.io object type id ("company" -> "1"): groups → objects.
-    object_types: dict[str, str] = Field(default_factory=dict)
+    object_types: Annotated[dict[str, str], MAPPING] = Field(default_factory=dict)
 
-    data_dir: Path = Path("./data")
-    database_url: str | None = None
-    webhook_secret: SecretStr | None = None
-    admin_token: SecretStr | None = None
+    data_dir: Annotated[Path, RESTART] = Path("./data")
+    database_url: Annotated[str | None, RESTART] = None
+    webhook_secret: Annotated[SecretStr | None, Option(Reload.LIVE, secret=True)] = None
+    admin_token: Annotated[SecretStr | None, Option(Reload.LIVE, secret=True)] = None
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8787, ge=0, le=65_535)
-    sandbox: bool = False
-    insecure_no_auth: bool = False
-    max_body_bytes: int = Field(default=1_048_576, ge=1_024)
-    max_json_depth: int = Field(default=64, ge=4, le=1_000)
-    dedup_window_secs: float = Field(default=7 * 24 * 3600.0, gt=0)
-    log_format: Literal["text", "json"] = "text"
-    status_history_interval_secs: float = Field(default=10.0, ge=0.1, le=600)  # status page charts
+    host: Annotated[str, RESTART] = "127.0.0.1"
+    port: Annotated[int, RESTART] = Field(default=8787, ge=0, le=65_535)
+    sandbox: Annotated[bool, RESTART] = False
+    insecure_no_auth: Annotated[bool, RESTART] = False
+    max_body_bytes: Annotated[int, LIVE] = Field(default=1_048_576, ge=1_024)
+    max_json_depth: Annotated[int, LIVE] = Field(default=64, ge=4, le=1_000)
+    dedup_window_secs: Annotated[float, LIVE] = Field(default=7 * 24 * 3600.0, gt=0)
+    log_format: Annotated[Literal["text", "json"], RESTART] = "text"
+    # The status page's charts: a ring of evenly spaced samples, made at start.
+    status_history_interval_secs: Annotated[float, RESTART] = Field(default=10.0, ge=0.1, le=600)
 
-    # PostHog's query API, for `backfill --posthog-url` and `serve --follow-posthog`.
-    posthog_url: str | None = None
-    posthog_project_id: int | None = Field(default=None, ge=1)
-    posthog_personal_api_key: SecretStr | None = None
-    follow_posthog: bool = False
-    follow_poll_secs: float = Field(default=30.0, gt=0, le=3_600)
-    follow_lag_secs: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
+    # PostHog's query API, for `backfill --posthog-url` and `serve --follow-posthog`. The
+    # follow loop takes them (and its PostHog client) when it starts.
+    posthog_url: Annotated[str | None, RESTART] = None
+    posthog_project_id: Annotated[int | None, RESTART] = Field(default=None, ge=1)
+    posthog_personal_api_key: Annotated[SecretStr | None, Option(Reload.RESTART, secret=True)] = (
+        None
+    )
+    follow_posthog: Annotated[bool, RESTART] = False
+    follow_poll_secs: Annotated[float, RESTART] = Field(default=30.0, gt=0, le=3_600)
+    follow_lag_secs: Annotated[float, RESTART] = Field(default=300.0, ge=0, le=7 * 24 * 3600)
 
     delivery: DeliverySettings = DeliverySettings()
 
@@ -115,6 +163,115 @@ class Settings(BaseModel):
         )
 
 
+# --- what each option is, from its declaration ----------------------------------------------
+
+
+def _declared(model: type[BaseModel]) -> dict[str, Option]:
+    options: dict[str, Option] = {}
+    for name, info in model.model_fields.items():
+        if name == "delivery":
+            continue
+        found = [m for m in info.metadata if isinstance(m, Option)]
+        if len(found) != 1:
+            raise TypeError(f"{model.__name__}.{name}: declare one Option(...) in Annotated")
+        options[name] = found[0]
+    return options
+
+
+# Every option by its flat name (the name of its flag, variable and config key), in
+# declaration order: the top level, then delivery tuning.
+OPTIONS: Mapping[str, Option] = MappingProxyType(
+    {**_declared(Settings), **_declared(DeliverySettings)}
+)
+SECRET_FIELDS = frozenset(name for name, option in OPTIONS.items() if option.secret)
+
+
+def options_reloaded(how: Reload) -> frozenset[str]:
+    """The options a reload treats ``how``."""
+    return frozenset(name for name, option in OPTIONS.items() if option.reload is how)
+
+
+def option_value(settings: Settings, name: str) -> object:
+    """An option's value by its flat name (delivery tuning included)."""
+    if name in DeliverySettings.model_fields:
+        return getattr(settings.delivery, name)
+    return getattr(settings, name)
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The values of the secrets that are set: what the logs redact."""
+    values = (option_value(settings, n) for n, option in OPTIONS.items() if option.secret)
+    return [v.get_secret_value() for v in values if isinstance(v, SecretStr)]
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, ``127.0.0.0/8``, ``::1`` (brackets and zone ids tolerated)."""
+    host = host.strip().strip("[]").split("%", 1)[0].lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def missing_webhook_secret(settings: Settings) -> bool:
+    """The one bind rule, at start and on reload: listening beyond loopback needs
+    ``webhook_secret``, unless ``insecure_no_auth`` says otherwise."""
+    return (
+        not is_loopback_host(settings.host)
+        and settings.webhook_secret is None
+        and not settings.insecure_no_auth
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a reload does: the settings then in effect, the options whose new value is applied
+    (each is in ``effective``), and one message per change, as logged and returned."""
+
+    effective: Settings
+    applied: tuple[str, ...]
+    messages: tuple[str, ...]
+
+
+def plan_reload(old: Settings, new: Settings, *, sandbox: bool) -> ReloadPlan:
+    """Diff ``old`` and ``new`` by the options' declarations.
+
+    Restart-only options keep their old value and say so; so do the credentials when the
+    process sends to its embedded sandbox (``sandbox``) or the new config has none, since the
+    sandbox is mounted at start. Secrets are named, never shown.
+    """
+    changed = [n for n in OPTIONS if option_value(old, n) != option_value(new, n)]
+    kept = {n for n in changed if OPTIONS[n].reload is Reload.RESTART}
+    credentials = [n for n in changed if OPTIONS[n].reload is Reload.CREDENTIALS]
+    switch = bool(credentials) and (sandbox or not new.has_credentials)
+    if switch:
+        kept.update(credentials)
+    messages: list[str] = []
+    applied: list[str] = []
+    for name in changed:
+        if OPTIONS[name].reload is Reload.RESTART:
+            messages.append(f"{name}: changed in the config, takes effect after a restart")
+        elif name in kept:
+            continue
+        elif OPTIONS[name].secret:
+            applied.append(name)
+            messages.append(f"{name}: changed")
+        else:
+            applied.append(name)
+            messages.append(f"{name}: {option_value(old, name)!r} -> {option_value(new, name)!r}")
+    if switch:
+        messages.append("credentials: switching to or from the sandbox needs a restart")
+    keep = {n: option_value(old, n) for n in kept}
+    delivery = new.delivery.model_copy(
+        update={n: v for n, v in keep.items() if n in DeliverySettings.model_fields}
+    )
+    top = {n: v for n, v in keep.items() if n not in DeliverySettings.model_fields}
+    effective = new.model_copy(update={**top, "delivery": delivery})
+    return ReloadPlan(effective, tuple(applied), tuple(messages))
+
+
 # --- loading --------------------------------------------------------------------------------
 
 # The exact environment variable names of DESIGN.md §3.1; every other option is also
@@ -135,9 +292,13 @@ PLUGIN_ANONYMOUS = {
 }
 PLUGIN_HOSTS = {"track.customer.io": "us", "track-eu.customer.io": "eu"}
 
-_TOP_FIELDS = set(Settings.model_fields) - {"delivery"}
-_DELIVERY_FIELDS = set(DeliverySettings.model_fields)
-_SECRET_FIELDS = {"api_key", "webhook_secret", "admin_token", "posthog_personal_api_key"}
+
+# An empty value from any source leaves an optional text option unset, as in the environment.
+_EMPTY_IS_UNSET = tuple(
+    name
+    for name, info in Settings.model_fields.items()
+    if info.default is None and info.annotation in (str | None, SecretStr | None)
+)
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
@@ -149,7 +310,7 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or value == "":
             continue
         option = name[len(ENV_PREFIX) :].lower()
-        if option in _TOP_FIELDS or option in _DELIVERY_FIELDS:
+        if option in OPTIONS:
             layer[option] = value
     return layer
 
@@ -170,7 +331,7 @@ def _toml_layer(path: Path, problems: list[str]) -> dict[str, Any]:
         layer.update(nested)
     elif nested is not None:
         problems.append(f"--config {path}: [delivery] must be a table")
-    if any(k in layer for k in _SECRET_FIELDS) and _world_readable(path):
+    if any(k in layer for k in SECRET_FIELDS) and _world_readable(path):
         _log.warning(
             "config file holds a secret and is readable by other users; chmod 600 it: %s", path
         )
@@ -291,10 +452,11 @@ def load_settings(
     merged.update(_env_layer(os.environ if env is None else env))
     merged.update({k: v for k, v in (cli or {}).items() if v is not None})
 
-    unknown = sorted(k for k in merged if k not in _TOP_FIELDS and k not in _DELIVERY_FIELDS)
-    problems.extend(f"{k}: unknown option" for k in unknown)
-    top = {k: v for k, v in merged.items() if k in _TOP_FIELDS}
-    delivery = {k: v for k, v in merged.items() if k in _DELIVERY_FIELDS}
+    problems.extend(f"{k}: unknown option" for k in sorted(k for k in merged if k not in OPTIONS))
+    top = {
+        k: v for k, v in merged.items() if k in OPTIONS and k not in DeliverySettings.model_fields
+    }
+    delivery = {k: v for k, v in merged.items() if k in DeliverySettings.model_fields}
     if "event_allowlist" in top:
         top["event_allowlist"] = parse_allowlist(top["event_allowlist"])
     if "object_types" in top:
@@ -303,15 +465,7 @@ def load_settings(
         except ValueError as exc:
             problems.append(f"object_types: {exc}")
             top.pop("object_types")
-    for key in (
-        "webhook_secret",
-        "admin_token",
-        "api_key",
-        "site_id",
-        "track_url",
-        "posthog_url",
-        "posthog_personal_api_key",
-    ):
+    for key in _EMPTY_IS_UNSET:
         if top.get(key) == "":
             top.pop(key)
     if bool(top.get("site_id")) != bool(top.get("api_key")):
@@ -323,7 +477,7 @@ def load_settings(
     except ValidationError as exc:
         for err in exc.errors():
             loc = ".".join(str(p) for p in err["loc"] if p != "delivery") or "config"
-            shown = "" if loc in _SECRET_FIELDS else f" (got {err.get('input')!r})"
+            shown = "" if loc in SECRET_FIELDS else f" (got {err.get('input')!r})"
             problems.append(f"{loc}: {err['msg']}{shown}")
         raise ConfigError(problems) from None
     problems.extend(_cross_checks(settings))

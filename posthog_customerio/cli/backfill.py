@@ -32,7 +32,6 @@ from posthog_customerio.cli.common import (
     fail,
     out,
     parse_since,
-    secrets_of,
     settings_from,
 )
 from posthog_customerio.errors import ConnectorError, InputError
@@ -47,7 +46,7 @@ from posthog_customerio.pipeline.dryrun import DryRun
 from posthog_customerio.pipeline.files import ExportFiles
 from posthog_customerio.pipeline.follow import PostHogFollow
 from posthog_customerio.queue.base import Queue
-from posthog_customerio.settings import Settings
+from posthog_customerio.settings import Settings, secret_values
 from posthog_customerio.sources.export_files import BadRow, discover
 from posthog_customerio.sources.posthog_api import ApiQuery, iso
 
@@ -149,7 +148,7 @@ def backfill(
         follow_poll_secs=poll_secs,
         follow_lag_secs=lag_secs,
     )
-    logs.configure(settings.log_format, secrets=secrets_of(settings))
+    logs.configure(settings.log_format, secrets=secret_values(settings))
     api = posthog_url is not None or (not paths and settings.posthog_url is not None)
     if paths and api:
         fail("give export files or --posthog-url, not both", 2)

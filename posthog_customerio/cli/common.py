@@ -52,19 +52,6 @@ def settings_from(config: Path | None, plugin_config: Path | None, **cli: Any) -
         raise typer.Exit(2) from None
 
 
-def secrets_of(settings: Settings) -> list[str]:
-    return [
-        s.get_secret_value()
-        for s in (
-            settings.api_key,
-            settings.webhook_secret,
-            settings.admin_token,
-            settings.posthog_personal_api_key,
-        )
-        if s is not None
-    ]
-
-
 def parse_since(value: str | None) -> float | None:
     """``30m``, ``2h``, ``1d`` ago, or an ISO 8601 time."""
     if value is None:

@@ -7,12 +7,10 @@ option or input at fault; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import ipaddress
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import orjson
@@ -29,11 +27,18 @@ from posthog_customerio.cli.common import (
     fail,
     out,
     parse_since,
-    secrets_of,
     settings_from,
 )
 from posthog_customerio.errors import ConnectorError, InputError
-from posthog_customerio.settings import Settings, load_settings
+from posthog_customerio.settings import (
+    Settings,
+    load_settings,
+    missing_webhook_secret,
+    secret_values,
+)
+
+if TYPE_CHECKING:
+    from posthog_customerio.admin import Selection
 
 app = typer.Typer(
     name="posthog-customerio",
@@ -46,15 +51,6 @@ dead_letters_app = typer.Typer(help="Inspect and resend what Customer.io rejecte
 app.add_typer(dead_letters_app, name="dead-letters")
 
 _debug = False
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @app.callback()
@@ -108,12 +104,8 @@ def serve(
         "follow_posthog": follow_posthog or None,
     }
     settings = settings_from(config, plugin_config, **cli_values)
-    logs.configure(settings.log_format, secrets=secrets_of(settings))
-    if (
-        not is_loopback(settings.host)
-        and settings.webhook_secret is None
-        and not settings.insecure_no_auth
-    ):
+    logs.configure(settings.log_format, secrets=secret_values(settings))
+    if missing_webhook_secret(settings):
         fail(
             f"refusing to listen on {settings.host} without webhook_secret "
             "(set POSTHOG_CUSTOMERIO_WEBHOOK_SECRET, or pass --insecure-no-auth)",
@@ -142,37 +134,22 @@ def check(config: ConfigOpt = None, plugin_config: PluginOpt = None) -> None:
     settings = settings_from(config, plugin_config)
     if not settings.has_credentials:
         fail("no Customer.io credentials: set CUSTOMERIO_SITE_ID and CUSTOMERIO_API_KEY", 1)
-    from posthog_customerio.customerio.client import TrackClient
+    from posthog_customerio.admin import check_credentials
 
     assert settings.site_id is not None and settings.api_key is not None
-
-    async def probe() -> tuple[int | None, bytes, str | None]:
-        client = TrackClient(
-            settings.effective_track_url,
-            settings.site_id or "",
-            settings.api_key.get_secret_value() if settings.api_key else "",
-            timeout_secs=10,
-        )
-        try:
-            r = await client.get_region()
-        finally:
-            await client.aclose()
-        return r.status, r.body, r.error
-
-    status, body, error = asyncio.run(probe())
     url = settings.effective_track_url
-    if status == 200:
-        try:
-            region = orjson.loads(body).get("region", "?")
-        except orjson.JSONDecodeError:
-            region = "?"
+    result = asyncio.run(
+        check_credentials(url, settings.site_id, settings.api_key.get_secret_value())
+    )
+    if result.accepted:
+        region = result.region
         out.print(f"config ok; credentials accepted by {url}; account region: {region}")
         if region in ("us", "eu") and settings.track_url is None and region != settings.region:
             err.print(f"[yellow]warning:[/] the account is in {region!r}; set region={region}")
         return
-    if status in (401, 403):
-        fail(f"Customer.io rejected the credentials ({status}) at {url}")
-    fail(f"could not check the credentials at {url}: {error or f'HTTP {status}'}")
+    if result.rejected:
+        fail(f"Customer.io rejected the credentials ({result.status}) at {url}")
+    fail(f"could not check the credentials at {url}: {result.error}")
 
 
 @app.command("sandbox")
@@ -227,7 +204,9 @@ def status(
         snapshot = r.json()
         snapshot["server"] = "running"
     except httpx.HTTPError:
-        snapshot = asyncio.run(_offline_status(settings))
+        from posthog_customerio.admin import offline_status
+
+        snapshot = _queue_call(settings, offline_status)
     if as_json:
         sys.stdout.write(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -247,32 +226,10 @@ def status(
         )
     d = snapshot.get("delivery") or {}
     if d:
-        out.print(f"delivered:       {d.get('delivered', 0)} operations")
-        out.print(f"dead-lettered:   {d.get('dead_lettered', 0)} (since start)")
+        totals = d.get("totals") or {}
+        out.print(f"delivered:       {totals.get('delivered', 0)} operations")
+        out.print(f"dead-lettered:   {totals.get('dead_lettered', 0)} (since start)")
         out.print(f"last error:      {d.get('last_error') or '-'}")
-
-
-async def _offline_status(settings: Settings) -> dict[str, Any]:
-    from posthog_customerio.runtime import open_queue, workers_snapshot
-
-    queue = open_queue(settings, owner=False)
-    try:
-        s = await queue.stats(time.time())
-        workers = await workers_snapshot(queue)
-    finally:
-        await queue.close()
-    return {
-        "server": "not running",
-        "workers": workers,
-        "credentials": "unknown",
-        "queue": {
-            "depth": s.depth,
-            "oldest_age_secs": round(s.oldest_age_secs, 3),
-            "dead_letters": s.dead_letters,
-            "partitions_blocked": s.partitions_blocked,
-        },
-        "delivery": None,
-    }
 
 
 @app.command()
@@ -411,39 +368,24 @@ def dl_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List dead letters, newest first."""
+    from posthog_customerio import admin
+
     settings = settings_from(config, None, data_dir=data_dir)
+    after = parse_since(since)
     rows = _queue_call(
-        settings,
-        lambda q: q.list_dead_letters(reason=reason, since=parse_since(since), limit=limit),
+        settings, lambda q: admin.list_dead_letters(q, reason=reason, since=after, limit=limit)
     )
     if as_json:
-        sys.stdout.write(
-            orjson.dumps([_dl_dict(r) for r in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
+        sys.stdout.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     table = Table("id", "time", "reason", "action", "person", "detail")
     for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
-        table.add_row(str(r.id), when, r.reason, r.action, r.partition, r.detail[:80])
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+        table.add_row(
+            str(r["id"]), when, r["reason"], r["action"], r["partition"], r["detail"][:80]
+        )
     out.print(table)
     out.print(f"{len(rows)} dead letter(s)")
-
-
-def _dl_dict(r: Any) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "created_at": r.created_at,
-        "reason": r.reason,
-        "detail": r.detail,
-        "action": r.action,
-        "endpoint": str(r.endpoint),
-        "partition": r.partition,
-        "event_uuid": r.event_uuid,
-        "status": r.status,
-        "operation": orjson.loads(r.body_json),
-        "request": r.request,
-        "response": r.response,
-    }
 
 
 @dead_letters_app.command("show")
@@ -453,23 +395,24 @@ def dl_show(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Everything about one dead letter: the operation, the request, the response."""
+    from posthog_customerio import admin
+
     settings = settings_from(config, None, data_dir=data_dir)
-    row = _queue_call(settings, lambda q: q.get_dead_letter(dead_letter_id))
-    if row is None:
+    letter = _queue_call(settings, lambda q: admin.show_dead_letter(q, dead_letter_id))
+    if letter is None:
         fail(f"no dead letter with id {dead_letter_id}", 1)
-    sys.stdout.write(orjson.dumps(_dl_dict(row), option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.write(orjson.dumps(letter, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _select(
-    settings: Settings, ids: list[int] | None, all_: bool, reason: str | None, since: str | None
-) -> list[int]:
+def _select(ids: list[int] | None, all_: bool, reason: str | None, since: str | None) -> Selection:
+    """The ``admin.Selection`` the arguments name: ids, else --all/--reason/--since."""
+    from posthog_customerio.admin import Selection
+
     if ids:
-        return ids
+        return Selection(ids=tuple(ids))
     if not (all_ or reason or since):
         fail("name dead-letter ids, or select with --all / --reason / --since", 2)
-    return list(
-        _queue_call(settings, lambda q: q.dead_letter_ids(reason=reason, since=parse_since(since)))
-    )
+    return Selection(reason=reason, since=parse_since(since))
 
 
 @dead_letters_app.command("replay")
@@ -482,9 +425,11 @@ def dl_replay(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Re-enqueue dead letters with their original event ids (nothing duplicates)."""
+    from posthog_customerio import admin
+
     settings = settings_from(config, None, data_dir=data_dir)
-    chosen = _select(settings, ids, all_, reason, since)
-    n = _queue_call(settings, lambda q: q.replay_dead_letters(chosen))
+    chosen = _select(ids, all_, reason, since)
+    n = _queue_call(settings, lambda q: admin.replay(q, chosen, via="cli"))
     out.print(f"replayed {n} dead letter(s); the running server delivers them")
 
 
@@ -498,9 +443,11 @@ def dl_purge(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Delete dead letters for good."""
+    from posthog_customerio import admin
+
     settings = settings_from(config, None, data_dir=data_dir)
-    chosen = _select(settings, ids, all_, reason, since)
-    n = _queue_call(settings, lambda q: q.purge_dead_letters(chosen))
+    chosen = _select(ids, all_, reason, since)
+    n = _queue_call(settings, lambda q: admin.purge(q, chosen, via="cli"))
     out.print(f"purged {n} dead letter(s)")
 
 
@@ -544,18 +491,19 @@ def forget(
     records (distinct_id, time) in the queue's `forgotten` table, and enqueues a Customer.io
     delete (or suppress) delivered like any operation. Safe beside a running `serve`.
     """
+    from posthog_customerio import admin
     from posthog_customerio.mapping.mapper import EventMapper
 
-    ids = list(dict.fromkeys(d for d in distinct_ids if d))
+    ids = [d for d in distinct_ids if d]
     if not ids:
         fail("name at least one non-empty distinct_id", 2)
     settings = settings_from(config, plugin_config, data_dir=data_dir)
     forgetter = EventMapper(settings.mapping_rules())
     result = _queue_call(
-        settings, lambda q: q.forget(ids, forgetter, suppress=suppress, now=time.time())
+        settings, lambda q: admin.forget(q, forgetter, ids, suppress=suppress, via="cli")
     )
     if as_json:
-        data = {**dataclasses.asdict(result), "suppress": suppress}
+        data = admin.forget_json(result, suppress)
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     out.print(forget_summary(result, suppress), markup=False)

@@ -1,5 +1,7 @@
 """Admin HTTP endpoints of ``serve``: dead letters (list, show, replay, purge) and
-``POST /admin/forget`` (GDPR erasure of people, as ``posthog-customerio forget``).
+``POST /admin/forget`` (GDPR erasure of people, as ``posthog-customerio forget``). The work
+and the answers' data come from ``posthog_customerio.admin``, which the CLI calls too; this
+module checks access and parses requests.
 
 Every admin route goes through ``admin_denied`` (one rule, reuse it for any new admin route):
 
@@ -17,11 +19,7 @@ they carried with its ``Authorization`` already redacted.
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-import ipaddress
-import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,12 +29,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from posthog_customerio import admin
+from posthog_customerio.admin import Selection
 from posthog_customerio.errors import QueueUnavailable
-from posthog_customerio.queue.base import DeadLetter
 from posthog_customerio.runtime import Connector
+from posthog_customerio.settings import is_loopback_host
 from posthog_customerio.web.responses import error_response, json_response
-
-log = logging.getLogger("posthog_customerio.web.admin")
 
 CSRF_HEADER = "x-requested-with"
 CSRF_VALUE = "posthog-customerio"
@@ -46,17 +44,6 @@ MAX_FORGET_IDS = 1_000
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost``, ``127.0.0.0/8``, ``::1`` (brackets and zone ids tolerated)."""
-    host = host.strip().strip("[]").split("%", 1)[0].lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _host_name(host_header: str) -> str:
@@ -94,29 +81,6 @@ def admin_denied(request: Request, admin_token: str | None) -> Response | None:
                 403, "Origin does not match Host: cross-site admin request refused"
             )
     return None
-
-
-def dead_letter_json(row: DeadLetter, *, full: bool = True) -> dict[str, Any]:
-    """A dead letter as JSON (the same keys as ``dead-letters show``)."""
-    out: dict[str, Any] = {
-        "id": row.id,
-        "created_at": row.created_at,
-        "reason": row.reason,
-        "detail": row.detail,
-        "action": row.action,
-        "endpoint": str(row.endpoint),
-        "partition": row.partition,
-        "event_uuid": row.event_uuid,
-        "status": row.status,
-    }
-    if full:
-        try:
-            out["operation"] = orjson.loads(row.body_json)
-        except orjson.JSONDecodeError:
-            out["operation"] = row.body_json.decode("utf-8", "replace")
-        out["request"] = row.request
-        out["response"] = row.response
-    return out
 
 
 class _BadRequest(Exception):
@@ -170,11 +134,11 @@ def _forget_request(data: dict[str, Any]) -> tuple[list[str], bool]:
     suppress = data.get("suppress", False)
     if not isinstance(suppress, bool):
         raise _BadRequest("suppress", "must be true or false")
-    return list(dict.fromkeys(ids)), suppress
+    return list(ids), suppress  # admin.forget takes each id once
 
 
-async def _selection(request: Request, connector: Connector) -> list[int]:
-    """The dead-letter ids a replay/purge body selects: ``{"ids": [...]}``, ``{"all": true}``
+async def _selection(request: Request) -> Selection:
+    """The dead letters a replay/purge body selects: ``{"ids": [...]}``, ``{"all": true}``
     or ``{"reason": "...", "since": <unix seconds>}`` (either or both)."""
     data = await _json_object(request)
     unknown = sorted(set(data) - {"ids", "all", "reason", "since"})
@@ -193,11 +157,11 @@ async def _selection(request: Request, connector: Connector) -> list[int]:
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
         ):
             raise _BadRequest("ids", "must be a non-empty array of integer ids")
-        return list(dict.fromkeys(ids))
+        return Selection(ids=tuple(ids))
     if "all" in data:
         if data["all"] is not True:
             raise _BadRequest("all", "must be true")
-        return await connector.queue.dead_letter_ids()
+        return Selection()
     reason = data.get("reason")
     if reason is not None and (not isinstance(reason, str) or not reason):
         raise _BadRequest("reason", "must be a non-empty string")
@@ -206,9 +170,7 @@ async def _selection(request: Request, connector: Connector) -> list[int]:
         isinstance(since, bool) or not isinstance(since, int | float) or since < 0
     ):
         raise _BadRequest("since", "must be Unix seconds (a number >= 0)")
-    return await connector.queue.dead_letter_ids(
-        reason=reason, since=float(since) if since is not None else None
-    )
+    return Selection(reason=reason, since=float(since) if since is not None else None)
 
 
 def admin_routes(connector: Connector) -> list[Route]:
@@ -233,50 +195,34 @@ def admin_routes(connector: Connector) -> list[Route]:
         params = request.query_params
         since = _number(params.get("since"), "since")
         limit = _number(params.get("limit"), "limit", integer=True)
-        rows = await connector.queue.list_dead_letters(
+        letters = await admin.list_dead_letters(
+            connector.queue,
             reason=params.get("reason") or None,
             since=since,
             limit=min(int(limit) if limit is not None else 100, MAX_LIST_LIMIT),
         )
-        return json_response(
-            {"dead_letters": [dead_letter_json(r) for r in rows], "count": len(rows)}
-        )
+        return json_response({"dead_letters": letters, "count": len(letters)})
 
     async def show_dead_letter(request: Request) -> Response:
-        row = await connector.queue.get_dead_letter(int(request.path_params["id"]))
-        if row is None:
+        letter = await admin.show_dead_letter(connector.queue, int(request.path_params["id"]))
+        if letter is None:
             return error_response(404, f"no dead letter with id {request.path_params['id']}")
-        return json_response(dead_letter_json(row))
+        return json_response(letter)
 
     async def replay(request: Request) -> Response:
-        n = await connector.queue.replay_dead_letters(await _selection(request, connector))
-        log.info("dead letters replayed", extra={"ctx": {"replayed": n, "via": "http"}})
+        n = await admin.replay(connector.queue, await _selection(request), via="http")
         return json_response({"replayed": n})
 
     async def purge(request: Request) -> Response:
-        n = await connector.queue.purge_dead_letters(await _selection(request, connector))
-        log.info("dead letters purged", extra={"ctx": {"purged": n, "via": "http"}})
+        n = await admin.purge(connector.queue, await _selection(request), via="http")
         return json_response({"purged": n})
 
     async def forget(request: Request) -> Response:
         ids, suppress = _forget_request(await _json_object(request))
-        result = await connector.queue.forget(
-            ids, connector.mapper, suppress=suppress, now=time.time()
+        result = await admin.forget(
+            connector.queue, connector.mapper, ids, suppress=suppress, via="http"
         )
-        # Counts only: the ids themselves are what is being erased, so they are not logged.
-        counts = dataclasses.asdict(result)
-        log.info(
-            "people forgotten",
-            extra={
-                "ctx": {
-                    **{k: v for k, v in counts.items() if k != "distinct_ids"},
-                    "people": len(ids),
-                    "suppress": suppress,
-                    "via": "http",
-                }
-            },
-        )
-        return json_response({**counts, "suppress": suppress})
+        return json_response(admin.forget_json(result, suppress))
 
     return [
         Route("/admin/dead-letters", guarded(list_dead_letters), methods=["GET"]),
@@ -287,4 +233,4 @@ def admin_routes(connector: Connector) -> list[Route]:
     ]
 
 
-__all__ = ["admin_denied", "admin_routes", "dead_letter_json", "is_loopback_host"]
+__all__ = ["admin_denied", "admin_routes", "is_loopback_host"]

@@ -24,9 +24,9 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from posthog_customerio import __version__
+from posthog_customerio import __version__, admin
 from posthog_customerio.errors import InputError, PayloadTooLarge, QueueUnavailable
-from posthog_customerio.runtime import SANDBOX_PREFIX, Connector, workers_snapshot
+from posthog_customerio.runtime import SANDBOX_PREFIX, Connector
 from posthog_customerio.sources.webhook import parse_webhook_body
 from posthog_customerio.web.admin import admin_routes
 from posthog_customerio.web.history import History
@@ -223,25 +223,5 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
 
 async def status_snapshot(connector: Connector, history: History | None = None) -> dict[str, Any]:
     """What ``status --json`` and the status page show; never a secret."""
-    stats = await connector.stats()
-    st = connector.state
     extra = history.overview(connector.settings.delivery.rate_limit_rps) if history else {}
-    return {
-        "version": __version__,
-        "uptime_secs": round(time.time() - connector.started_at, 1),
-        "customerio": connector.target.url,
-        "sandbox": connector.target.sandbox,
-        "credentials": st.credentials,
-        "queue": {
-            "depth": stats.depth,
-            "oldest_age_secs": round(stats.oldest_age_secs, 3),
-            "dead_letters": stats.dead_letters,
-            "partitions_blocked": stats.partitions_blocked,
-        },
-        "workers": await workers_snapshot(connector.queue),
-        "delivery": st.snapshot(),
-        "posthog_follow": (
-            connector.follow_state.snapshot() if connector.follow_state is not None else None
-        ),
-        **extra,
-    }
+    return await admin.live_status(connector, extra)

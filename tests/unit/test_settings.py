@@ -195,3 +195,13 @@ def test_object_types_problems_name_the_option(raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(env={"POSTHOG_CUSTOMERIO_OBJECT_TYPES": raw})
     assert any(p.startswith("object_types:") for p in info.value.problems), info.value.problems
+
+
+def test_empty_text_options_are_unset_from_every_source(tmp_path: Path) -> None:
+    toml = tmp_path / "c.toml"
+    toml.write_text('site_id = ""\napi_key = ""\nwebhook_secret = ""\nposthog_url = ""\n')
+    os.chmod(toml, 0o600)
+    s = load_settings(env={}, config_file=toml, cli={"database_url": ""})
+    assert s.site_id is None and s.api_key is None and s.webhook_secret is None
+    assert s.posthog_url is None and s.database_url is None
+    assert not s.has_credentials
