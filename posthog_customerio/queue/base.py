@@ -225,8 +225,8 @@ class QueueLifecycle(Protocol):
 
     async def start(self) -> None:
         """Connect; as owner also create or migrate the schema, recover what a crashed owner
-        left and register as the serving process. Idempotent; the first call of any other
-        method starts the store too if nobody did."""
+        left and register as the serving process. Idempotent; call it before anything else
+        (a non-owner on a store that does not exist raises ``StoreNotFound``)."""
         ...
 
     async def close(self) -> None:
