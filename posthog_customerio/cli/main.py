@@ -204,7 +204,28 @@ def sandbox_cmd(
     """A local Customer.io Track API that validates against the official spec."""
     from posthog_customerio.customerio.sandbox import SandboxConfig, run_sandbox
 
-    logs.configure("text", secrets=[api_key])
+    out_of_range = [
+        f"{flag} {value}: {rule}"
+        for flag, value, ok, rule in (
+            ("--port", port, 0 <= port <= 65535, "must be between 0 and 65535"),
+            ("--fail-rate", fail_rate, 0 <= fail_rate <= 1, "must be between 0 and 1"),
+            ("--fail-status", fail_status, 100 <= fail_status <= 599, "must be 100-599"),
+            (
+                "--rate-limit-rps",
+                rate_limit_rps,
+                rate_limit_rps is None or rate_limit_rps > 0,
+                "must be > 0 (leave it out for no limit)",
+            ),
+            ("--retry-after-secs", retry_after_secs, retry_after_secs >= 0, "must be >= 0"),
+            ("--latency-ms", latency_ms, latency_ms >= 0, "must be >= 0"),
+        )
+        if not ok
+    ]
+    if out_of_range:
+        fail("; ".join(out_of_range), 2)
+    # The sandbox's own default key is well known, not a secret; redacting it would blank
+    # every "sandbox" in the log. A key the user chose is redacted everywhere.
+    logs.configure("text", secrets=[] if api_key == SandboxConfig().api_key else [api_key])
     cfg = SandboxConfig(
         site_id=site_id,
         api_key=api_key,
