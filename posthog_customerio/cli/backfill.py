@@ -26,6 +26,7 @@ from rich.progress import (
 
 from posthog_customerio.cli.common import (
     ConfigOpt,
+    DatabaseUrlOpt,
     DataDirOpt,
     PluginOpt,
     err,
@@ -132,7 +133,7 @@ def backfill(
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
-    database_url: Annotated[str | None, typer.Option("--database-url", show_default=False)] = None,
+    database_url: DatabaseUrlOpt = None,
 ) -> None:
     """Enqueue PostHog history (export files, or the query API) with a progress bar; resumable."""
     from posthog_customerio import logs
@@ -209,20 +210,16 @@ def backfill(
 
 
 async def _open_queue(settings: Settings) -> tuple[Queue, bool]:
-    """The queue as a non-owner writer (beside `serve`), and whether a server owns it now.
+    """The queue as a non-owner writer (beside `serve`), created or migrated first as `serve`
+    would (SQLite or PostgreSQL), and whether a server owns it now."""
+    from posthog_customerio.runtime import store_location
 
-    With no server running and no (or an old) database, it is created or migrated first, as
-    `serve` would, then reopened as a non-owner, so a `serve` started meanwhile is not refused.
-    """
-    from posthog_customerio.queue.sqlite import SQLiteQueue, owner_running
-    from posthog_customerio.runtime import open_queue, sqlite_path
-
-    path = sqlite_path(settings.effective_database_url)
-    running = owner_running(path)
-    if not running:
-        owner = open_queue(settings, owner=True)
-        await owner.close()
-    return SQLiteQueue.open(path, owner=False), running
+    location = store_location(settings)
+    await location.migrate()
+    running = await location.owner_running()
+    queue = location.open(owner=False)
+    await queue.start()
+    return queue, running
 
 
 @contextmanager

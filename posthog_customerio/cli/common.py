@@ -35,6 +35,15 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Where the SQLite queue lives.", show_default=False),
 ]
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="The queue: sqlite:///PATH or postgresql://USER@HOST/DB "
+        "[default: DATA_DIR/connector.db].",
+        show_default=False,
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

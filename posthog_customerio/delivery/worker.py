@@ -37,7 +37,7 @@ from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.operation import Endpoint
 from posthog_customerio.metrics import Metrics
-from posthog_customerio.queue.base import ClaimedOperation, Lane, Queue, Rejection
+from posthog_customerio.queue.base import ClaimedOperation, DeliveryQueue, Lane, Rejection
 from posthog_customerio.settings import DeliverySettings
 
 logger = logging.getLogger("posthog_customerio.delivery")
@@ -53,7 +53,7 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: DeliveryQueue,
         client: TrackClient,
         limiter: RateLimiter,
         settings: DeliverySettings,
@@ -202,14 +202,11 @@ class DeliveryWorker:
         return ops
 
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
-        """Until the queue signals new work (if it can), a claim settles, or a poll interval."""
-        wait_for_work = getattr(self._queue, "wait_for_work", None)
-        if wait_for_work is not None:
-            waiting: Awaitable[Any] = wait_for_work(WAIT_FOR_WORK_MAX_SECS)
-        else:
-            waiting = asyncio.sleep(self._idle_poll_secs)
+        """Until the queue signals new work, a claim settles, or a poll interval."""
         try:
-            await self._race_stop(waiting, stop, self._settled)
+            await self._race_stop(
+                self._queue.wait_for_work(WAIT_FOR_WORK_MAX_SECS), stop, self._settled
+            )
         except Exception:
             logger.exception("waiting for work failed")
             await self._race_stop(asyncio.sleep(self._idle_poll_secs), stop)

@@ -220,8 +220,23 @@ class Forgetter(Protocol):
     ) -> Sequence[Operation]: ...
 
 
-class Queue(Protocol):
-    """Durable operations, identity state, event dedup and dead letters."""
+class QueueLifecycle(Protocol):
+    """Open → ``start`` → use → ``close``, the same for both stores (see ``queue.location``)."""
+
+    async def start(self) -> None:
+        """Connect; as owner also create or migrate the schema, recover what a crashed owner
+        left and register as the serving process. Idempotent; call it before anything else
+        (a non-owner on a store that does not exist raises ``StoreNotFound``)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish the writes in progress, give back this process's claims, disconnect;
+        idempotent."""
+        ...
+
+
+class IngestQueue(Protocol):
+    """What ingest (webhooks, backfill, follow) and its upkeep call."""
 
     async def ingest(
         self,
@@ -241,6 +256,14 @@ class Queue(Protocol):
     async def get_checkpoint(self, source: str) -> str | None:
         """The last committed position of ``source``, or None."""
         ...
+
+    async def prune_seen(self, older_than: float) -> int:
+        """Forget dedup uuids first seen before ``older_than`` (Unix time); returns how many."""
+        ...
+
+
+class DeliveryQueue(Protocol):
+    """What the delivery worker calls: claim a batch, settle it, wait for more."""
 
     async def claim(
         self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
@@ -272,11 +295,14 @@ class Queue(Protocol):
         """Move operations to the dead-letter table with their reason."""
         ...
 
-    async def stats(self, now: float) -> QueueStats: ...
-
-    async def workers(self) -> list[WorkerInfo]:
-        """The live serving processes sharing this queue, each with its partitions."""
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Sleep until this process adds pending work (ingest, replay, release); False after
+        ``timeout``. Work added by other processes is not signalled: poll with a timeout."""
         ...
+
+
+class AdminQueue(Protocol):
+    """What operators call (CLI and web admin): dead letters and GDPR erasure."""
 
     async def list_dead_letters(
         self, reason: str | None = None, since: float | None = None, limit: int = 100
@@ -296,10 +322,6 @@ class Queue(Protocol):
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int: ...
 
-    async def prune_seen(self, older_than: float) -> int:
-        """Forget dedup uuids first seen before ``older_than`` (Unix time); returns how many."""
-        ...
-
     async def forget(
         self,
         distinct_ids: Sequence[str],
@@ -316,4 +338,17 @@ class Queue(Protocol):
         """
         ...
 
-    async def close(self) -> None: ...
+
+class StatusQueue(Protocol):
+    """What status (page, API, CLI, metrics) reads."""
+
+    async def stats(self, now: float) -> QueueStats: ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live serving processes sharing this queue, each with its partitions."""
+        ...
+
+
+class Queue(QueueLifecycle, IngestQueue, DeliveryQueue, AdminQueue, StatusQueue, Protocol):
+    """Durable operations, identity state, event dedup and dead letters: every role at once,
+    as both stores (``SQLiteQueue``, ``PostgresQueue``) provide them."""

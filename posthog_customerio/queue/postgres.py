@@ -29,13 +29,12 @@ import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import asyncpg
 import orjson
 
-from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.errors import QueueUnavailable, StoreNotFound
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.operation import Endpoint
 from posthog_customerio.queue import postgres_queries as q
@@ -56,9 +55,11 @@ from posthog_customerio.queue.base import (
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
 from posthog_customerio.queue.forget import body_names, names_of, needles
+from posthog_customerio.queue.location import redact_url
+from posthog_customerio.queue.migrations import migrations
 from posthog_customerio.sources.event import PostHogEvent
 
-__all__ = ["PostgresQueue", "apply_migrations", "migrations", "schema_version"]
+__all__ = ["PostgresQueue", "apply_migrations", "migrate_database", "schema_version"]
 
 log = logging.getLogger("posthog_customerio.queue.postgres")
 
@@ -111,20 +112,16 @@ async def _translated() -> AsyncIterator[None]:
         raise translated from exc
 
 
+@contextlib.asynccontextmanager
+async def _database_named(url: str) -> AsyncIterator[None]:
+    """A database that does not exist is a store not found, not a driver error."""
+    try:
+        yield
+    except asyncpg.InvalidCatalogNameError as exc:
+        raise StoreNotFound(f"the PostgreSQL database {redact_url(url)}") from exc
+
+
 # --- migrations ----------------------------------------------------------------------------
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of ``sql/postgres/NNNN_*.sql``, in order, numbered 1..n."""
-    root = resources.files("posthog_customerio.queue").joinpath("sql", "postgres")
-    found = sorted(
-        (int(entry.name[:4]), entry.name, entry.read_text(encoding="utf-8"))
-        for entry in root.iterdir()
-        if entry.name.endswith(".sql") and entry.name[:4].isdigit()
-    )
-    if [version for version, _, _ in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"postgres migrations are not numbered 1..n: {[n for _, n, _ in found]}")
-    return found
 
 
 async def schema_version(conn: Any) -> int:
@@ -144,13 +141,29 @@ async def apply_migrations(conn: Any, target: int | None = None) -> list[int]:
         await conn.execute(q.MIGRATION_LOCK, q.MIGRATION_LOCK_KEY)
         await conn.execute(q.CREATE_SCHEMA_VERSION)
         current = int(await conn.fetchval(q.CURRENT_SCHEMA_VERSION))
-        for version, name, script in migrations():
+        for version, name, script in migrations("postgres"):
             if version <= current or (target is not None and version > target):
                 continue
             await conn.execute(script)
             await conn.execute(q.RECORD_SCHEMA_VERSION, version, name)
             applied.append(version)
     return applied
+
+
+async def migrate_database(url: str) -> list[int]:
+    """Migrate the database at ``url`` (the ``migrate`` command, backfill's first run): one
+    connection, no registration; safe beside running ``serve`` processes."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_SECS)
+    except asyncpg.InvalidCatalogNameError as exc:
+        raise StoreNotFound(f"the PostgreSQL database {redact_url(url)}") from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise QueueUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        async with _translated():
+            return await apply_migrations(conn)
+    finally:
+        await conn.close()
 
 
 # --- ingest jobs ---------------------------------------------------------------------------
@@ -319,7 +332,7 @@ class PostgresQueue:
                 raise QueueUnavailable("the queue is closed")
             if self._pool is not None:
                 return
-            async with _translated():
+            async with _translated(), _database_named(self.url):
                 pool = await asyncpg.create_pool(
                     self.url,
                     min_size=1,
@@ -356,11 +369,12 @@ class PostgresQueue:
                     await conn.fetchval(q.REGISTER_WORKER, socket.gethostname(), os.getpid())
                 )
             else:
-                have, want = await schema_version(conn), len(migrations())
+                have, want = await schema_version(conn), len(migrations("postgres"))
                 if have != want:
                     raise QueueUnavailable(
-                        f"the postgres queue has schema version {have}, this version needs "
-                        f"{want}; run `posthog-customerio migrate` (or start `serve` once)"
+                        f"the postgres queue at {redact_url(self.url)} has schema version "
+                        f"{have}, this version needs {want}; "
+                        "run `posthog-customerio migrate` (or start `serve` once)"
                     )
 
     async def _ready(self) -> Any:
@@ -396,18 +410,6 @@ class PostgresQueue:
             except Exception:  # the leases run out by themselves
                 log.warning("could not release the claims on close; they expire with the lease")
         await self._pool.close()
-
-    async def crash_for_tests(self) -> None:
-        """Stop heartbeating and drop the connections without releasing anything, as a
-        SIGKILL would: the leases now run out by themselves."""
-        self._closed = True
-        for task in [*self._writers, *([self._heartbeat] if self._heartbeat else [])]:
-            task.cancel()
-        await asyncio.gather(*self._writers, return_exceptions=True)
-        if self._heartbeat is not None:
-            await asyncio.gather(self._heartbeat, return_exceptions=True)
-        if self._pool is not None:
-            self._pool.terminate()
 
     # -- heartbeats -----------------------------------------------------------------------
 

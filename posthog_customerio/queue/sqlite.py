@@ -27,13 +27,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import orjson
 
-from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.errors import QueueUnavailable, StoreNotFound
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.queue import sqlite_queries as q
@@ -54,9 +53,10 @@ from posthog_customerio.queue.base import (
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
 from posthog_customerio.queue.forget import body_names, names_of, needles
+from posthog_customerio.queue.migrations import migrations
 from posthog_customerio.sources.event import PostHogEvent
 
-__all__ = ["SQLiteQueue", "apply_migrations", "migrations", "owner_running"]
+__all__ = ["SQLiteQueue", "apply_migrations", "migrate_file", "owner_running"]
 
 T = TypeVar("T")
 
@@ -90,19 +90,6 @@ def _translate(exc: BaseException) -> BaseException:
 # --- migrations ----------------------------------------------------------------------------
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of ``sql/sqlite/NNNN_*.sql``, in order, numbered 1..n."""
-    root = resources.files("posthog_customerio.queue").joinpath("sql", "sqlite")
-    found = sorted(
-        (int(entry.name[:4]), entry.name, entry.read_text(encoding="utf-8"))
-        for entry in root.iterdir()
-        if entry.name.endswith(".sql") and entry.name[:4].isdigit()
-    )
-    if [version for version, _, _ in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"sqlite migrations are not numbered 1..n: {[n for _, n, _ in found]}")
-    return found
-
-
 def _statements(script: str) -> Iterator[str]:
     """Split a migration into statements; sqlite3.complete_statement understands triggers."""
     buffer = ""
@@ -126,7 +113,7 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
         conn.execute(q.CREATE_SCHEMA_VERSION)
         current = int(conn.execute(q.CURRENT_SCHEMA_VERSION).fetchone()[0])
         applied = []
-        for version, name, script in migrations():
+        for version, name, script in migrations("sqlite"):
             if version <= current:
                 continue
             for statement in _statements(script):
@@ -144,6 +131,27 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     if conn.execute(q.SCHEMA_VERSION_EXISTS).fetchone() is None:
         return 0
     return int(conn.execute(q.CURRENT_SCHEMA_VERSION).fetchone()[0])
+
+
+def migrate_file(path: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> list[int]:
+    """Create (folder and file) or migrate the queue at ``path`` in WAL mode, as its owner
+    would, without taking the owner lock: safe beside a running ``serve``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise QueueUnavailable(f"cannot open the queue at {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        return apply_migrations(conn)
+    except sqlite3.Error as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+    finally:
+        conn.close()
 
 
 def _setup(path: Path, owner: bool, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -176,7 +184,7 @@ def _setup(path: Path, owner: bool, busy_timeout_ms: int) -> sqlite3.Connection:
             conn.execute(q.RESET_CLAIMED_PARTITIONS)
             conn.execute("COMMIT")
         else:
-            have, want = _schema_version(conn), len(migrations())
+            have, want = _schema_version(conn), len(migrations("sqlite"))
             if have != want:
                 raise QueueUnavailable(
                     f"the queue at {path} has schema version {have}, this version needs {want}; "
@@ -257,6 +265,8 @@ class _Writer:
         with self._lock:
             if self._closed:
                 raise QueueUnavailable("the queue is closed")
+            if not self._thread.is_alive():
+                raise QueueUnavailable("the queue is not started")
             self._jobs.put(_Job(fn, loop, future, write, on_orphan))
         return future
 
@@ -872,19 +882,31 @@ def owner_running(path: Path) -> bool:
 
 
 class SQLiteQueue:
-    """The ``Queue`` on one SQLite file. Create with :meth:`open`; close with :meth:`close`."""
+    """The ``Queue`` on one SQLite file. Construct (no I/O), :meth:`start`, :meth:`close`;
+    :meth:`open` constructs and starts at once."""
 
     def __init__(
         self,
         path: Path,
-        writer: _Writer,
-        lock_fd: int | None,
-        checkpointer: _Checkpointer | None,
+        *,
+        owner: bool = True,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
-        self.path = path
-        self._writer = writer
-        self._checkpointer = checkpointer
-        self._lock_fd = lock_fd
+        """``owner=True`` is the serving process: it creates the file, holds ``<path>.lock``
+        until close and gives back the claims a crashed predecessor left. ``owner=False`` is
+        for CLI commands run beside a live server: no lock, no claim reset, no migration, and
+        the file must exist (:class:`StoreNotFound` otherwise; nothing is created)."""
+        self.path = Path(path)
+        self.owner = owner
+        self._writer = _Writer(
+            partial(_setup, self.path, owner, busy_timeout_ms),
+            name=f"sqlite-queue:{self.path.name}",
+        )
+        self._checkpointer: _Checkpointer | None = None
+        self._lock_fd: int | None = None
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._closed = False
         self._opened_at = time.time()
         self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -901,31 +923,39 @@ class SQLiteQueue:
         owner: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> SQLiteQueue:
-        """Open (and as owner create, migrate and recover) the queue; starts the writer.
+        """Construct and start, from synchronous code (tests, benchmarks)."""
+        queue = cls(path, owner=owner, busy_timeout_ms=busy_timeout_ms)
+        queue._start()
+        return queue
 
-        ``owner=True`` is the serving process: it holds ``<path>.lock`` until close and gives
-        back the claims a crashed predecessor left. ``owner=False`` is for CLI commands run
-        beside a live server: no lock, no claim reset, no migration.
-        """
-        path = Path(path)
-        lock_fd: int | None = None
-        if owner:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = _take_owner_lock(path)
-        writer = _Writer(
-            partial(_setup, path, owner, busy_timeout_ms), name=f"sqlite-queue:{path.name}"
-        )
-        try:
-            writer.start()
-        except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
-            raise
-        checkpointer = None
-        if owner:
-            checkpointer = _Checkpointer(path, CHECKPOINT_INTERVAL_SECS)
-            checkpointer.start()
-        return cls(path, writer, lock_fd, checkpointer)
+    async def start(self) -> None:
+        """Open the file and start the writer thread; as owner, create the folder and the
+        file, take the owner lock, migrate and recover claims first. Idempotent."""
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise QueueUnavailable("the queue is closed")
+            if self.owner:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = _take_owner_lock(self.path)
+            elif not self.path.exists():
+                raise StoreNotFound(f"the SQLite file {self.path.absolute()}")
+            try:
+                self._writer.start()
+            except BaseException:
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+                raise
+            if self.owner:
+                self._checkpointer = _Checkpointer(self.path, CHECKPOINT_INTERVAL_SECS)
+                self._checkpointer.start()
+            self._opened_at = time.time()
+            self._started = True
 
     @property
     def commit_count(self) -> int:
@@ -1163,6 +1193,8 @@ class SQLiteQueue:
 
     async def close(self) -> None:
         """Finish the queued jobs, close the connection and drop the owner lock; idempotent."""
+        with self._start_lock:
+            self._closed = True
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
         if self._checkpointer is not None:

@@ -127,6 +127,7 @@ class Harness:
     async def queue(self, owner: bool = True) -> AsyncIterator[Queue]:
         q = self.open(owner)
         try:
+            await q.start()
             yield q
         finally:
             await q.close()
