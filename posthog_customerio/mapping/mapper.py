@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.limits import (
@@ -38,9 +39,33 @@ from posthog_customerio.mapping.limits import (
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import ulid_from_uuid
-from posthog_customerio.queue.base import MappingOutcome
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.normalize import parse_timestamp_ms
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOutcome:
+    """What a ``Mapper`` returns for one event."""
+
+    states: Mapping[str, IdentityState]
+    operations: Sequence[Operation]
+    dropped: str | None = None  # reason, a stable metric label such as "not_in_allowlist"
+    truncations: Mapping[str, int] = field(default_factory=dict)  # kind -> count
+    notes: Sequence[str] = ()  # human-readable, for explain and logs
+
+
+class Mapper(Protocol):
+    """Pure mapping, as the queue calls it inside its transaction (``EventMapper`` is the one
+    the connector uses; tests inject small ones)."""
+
+    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+        """The distinct_ids whose state the mapping of ``event`` reads."""
+        ...
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        """Decide the operations for ``event`` given the loaded states."""
+        ...
+
 
 ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
 GROUP_IDENTIFY = "$groupidentify"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import Mapper, MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.sources.event import PostHogEvent
 
@@ -37,29 +38,6 @@ class Checkpoint:
 
     source: str
     position: str
-
-
-@dataclass(frozen=True, slots=True)
-class MappingOutcome:
-    """What the injected mapper returns for one event (see ``mapping.mapper``)."""
-
-    states: Mapping[str, IdentityState]
-    operations: Sequence[Operation]
-    dropped: str | None = None  # reason, a stable metric label such as "not_in_allowlist"
-    truncations: Mapping[str, int] = field(default_factory=dict)  # kind -> count
-    notes: Sequence[str] = ()  # human-readable, for explain and logs
-
-
-class Mapper(Protocol):
-    """Pure mapping, as the queue calls it inside its transaction."""
-
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
-        """The distinct_ids whose state the mapping of ``event`` reads."""
-        ...
-
-    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
-        """Decide the operations for ``event`` given the loaded states."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,6 +35,7 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import Mapper
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
@@ -46,7 +47,6 @@ from posthog_customerio.queue.base import (
     IngestResult,
     IngestTally,
     Lane,
-    Mapper,
     PendingIngest,
     QueueStats,
     Rejection,

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import MappingOutcome
 from posthog_customerio.queue.codec import decode_state
 from posthog_customerio.queue.postgres import (
     PostgresQueue,

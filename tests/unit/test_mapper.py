@@ -22,11 +22,10 @@ from posthog_customerio.customerio.spec import default_validator, load_spec
 from posthog_customerio.mapping.explain import Explanation, explain, format_explanation
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.limits import MAX_ITEM_BYTES
-from posthog_customerio.mapping.mapper import EventMapper
+from posthog_customerio.mapping.mapper import EventMapper, Mapper, MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import is_ulid, ulid_from_uuid
-from posthog_customerio.queue.base import Mapper, MappingOutcome
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.normalize import event_from_mapping
 from posthog_customerio.sources.webhook import parse_webhook_body

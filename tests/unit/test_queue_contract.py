@@ -23,8 +23,9 @@ import pytest
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import Checkpoint, Lane, MappingOutcome, Queue, Rejection
+from posthog_customerio.queue.base import Checkpoint, Lane, Queue, Rejection
 from posthog_customerio.queue.postgres import PostgresQueue
 from posthog_customerio.queue.sqlite import SQLiteQueue
 from posthog_customerio.sources.event import PostHogEvent
