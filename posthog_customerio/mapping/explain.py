@@ -64,8 +64,8 @@ def explain(
     known: dict[str, IdentityState] = {} if states is None else states
     out: list[Explanation] = []
     for event in events:
-        related = {i: known[i] for i in mapper.related_ids(event) if i in known}
-        outcome = mapper.map(event, related)
+        states = {i: known[i] for i in mapper.distinct_ids(event) if i in known}
+        outcome = mapper.map(event, states)
         known.update(outcome.states)
         out.append(
             Explanation(

@@ -187,7 +187,7 @@ def _plan_job(
         planned.uuids.append(event.uuid)
         states = {
             rid: local.get(rid, current.get(rid, IdentityState()))
-            for rid in job.mapper.related_ids(event)
+            for rid in job.mapper.distinct_ids(event)
         }
         outcome = job.mapper.map(event, states)
         local.update(outcome.states)
@@ -546,7 +546,7 @@ class PostgresQueue:
         for i, job in enumerate(jobs):
             try:
                 for event in job.events:
-                    related.update(job.mapper.related_ids(event))
+                    related.update(job.mapper.distinct_ids(event))
             except Exception as exc:
                 failed[i] = exc
         stored: dict[str, IdentityState] = {}

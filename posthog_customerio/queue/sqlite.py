@@ -452,7 +452,7 @@ def _ingest(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[In
     conn.executemany(q.MARK_SEEN, new_uuids)
 
     related = [
-        [call.mapper.related_ids(event) for event in kept]
+        [call.mapper.distinct_ids(event) for event in kept]
         for call, kept in zip(calls, fresh, strict=True)
     ]
     wanted = {distinct_id for per_call in related for ids in per_call for distinct_id in ids}

@@ -52,7 +52,7 @@ class TinyMapper:
         self.drop = drop
         self.fail_on = fail_on
 
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
         return [event.distinct_id]
 
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
@@ -64,7 +64,7 @@ class TinyMapper:
             seen=True,
             identified=before.identified or event.event == "$identify",
             email=event.set.get("email", before.email),
-            set_once_keys=before.set_once_keys | frozenset(event.set_once),
+            sent_attribute_keys=before.sent_attribute_keys | frozenset(event.set_once),
         )
         new_states = {event.distinct_id: after}
         if event.event in self.drop:
