@@ -35,26 +35,23 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.mapper import Mapper
 from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.queue import plan
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
-    Checkpoint,
     ClaimedOperation,
     DeadLetter,
     ForgetResult,
     Forgetter,
     IngestResult,
-    IngestTally,
     Lane,
-    PendingIngest,
     QueueStats,
     Rejection,
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
 from posthog_customerio.queue.forget import body_names, names_of, needles
-from posthog_customerio.sources.event import PostHogEvent
+from posthog_customerio.queue.group_commit import GroupCommittedIngest, PendingIngest, settle
 
 __all__ = ["SQLiteQueue", "apply_migrations", "migrations", "owner_running"]
 
@@ -397,121 +394,53 @@ def _store_operation(
         known_partitions.add(op.partition)
 
 
-_Outcome = tuple[IngestResult | None, BaseException | None]
-
-
-def _ingest_isolated(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[_Outcome]:
-    """All waiting calls in one pass; if that fails, each alone, so a bad call fails only itself.
-
-    The pass over all of them is what makes single-event webhooks cheap under load: one set of
-    statements per group of requests instead of one per request.
-    """
-    conn.execute("SAVEPOINT ingest")
-    try:
-        results = _ingest(calls, conn)
-    except Exception as exc:
-        if not conn.in_transaction:
-            raise  # SQLite rolled the whole transaction back: the writer fails the batch
-        conn.execute("ROLLBACK TO ingest")
-        conn.execute("RELEASE ingest")
-        if len(calls) == 1:
-            return [(None, _translate(exc))]
-        return [outcome for call in calls for outcome in _ingest_isolated([call], conn)]
-    conn.execute("RELEASE ingest")
-    return [(result, None) for result in results]
-
-
-def _ingest(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[IngestResult]:
-    """Map and store the events of ``calls`` in order, set-at-a-time.
+def _ingest(
+    calls: Sequence[PendingIngest], conn: sqlite3.Connection
+) -> list[IngestResult | Exception]:
+    """Plan the waiting calls together (``queue.plan``) and write the plan set-at-a-time.
 
     Per-row statements were the largest cost of batched webhooks (every ``execute`` is a trip
     through the sqlite3 module and a statement reset): here the uuids already seen and the
     identity states are read with one statement each and the rows written with
     ``executemany``, a fixed number of statements however many events and calls there are.
-    Later calls see the uuids and identity states of earlier ones, as if run one by one.
     """
     now = time.time()
-    seen = {
-        row[0]
-        for row in conn.execute(
-            q.SEEN_AMONG, (_json_array(e.uuid for call in calls for e in call.events),)
-        )
-    }
-    fresh: list[list[PostHogEvent]] = []
-    duplicates: list[int] = []
-    new_uuids: list[tuple[str, float]] = []
-    for call in calls:
-        kept: list[PostHogEvent] = []
-        for event in call.events:
-            if event.uuid not in seen:  # else seen before, or earlier in these same calls
-                seen.add(event.uuid)
-                kept.append(event)
-                new_uuids.append((event.uuid, now))
-        fresh.append(kept)
-        duplicates.append(len(call.events) - len(kept))
-    conn.executemany(q.MARK_SEEN, new_uuids)
-
-    related = [
-        [call.mapper.distinct_ids(event) for event in kept]
-        for call, kept in zip(calls, fresh, strict=True)
-    ]
-    wanted = {distinct_id for per_call in related for ids in per_call for distinct_id in ids}
-    stored: dict[str, IdentityState] = {  # as read from the table, to write only changes
+    read = plan.reads(calls)
+    seen = {row[0] for row in conn.execute(q.SEEN_AMONG, (_json_array(read.uuids),))}
+    stored = {
         distinct_id: decode_state(raw)
-        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(wanted),))
+        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(read.distinct_ids),))
     }
-    blank = IdentityState()
-    current = {distinct_id: stored.get(distinct_id, blank) for distinct_id in wanted}
-
-    next_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
-    rows: list[tuple[Any, ...]] = []
-    heads: dict[str, tuple[int, str]] = {}  # partition → its first operation (id, lane) here
-    results: list[IngestResult] = []
-    for call, kept, per_call, duplicate in zip(calls, fresh, related, duplicates, strict=True):
-        mapper, lane = call.mapper, call.lane.value
-        tally = IngestTally()
-        if duplicate:
-            tally.dropped["duplicate"] = duplicate
-        for event, ids in zip(kept, per_call, strict=True):
-            outcome = mapper.map(event, {distinct_id: current[distinct_id] for distinct_id in ids})
-            current.update(outcome.states)
-            for op in outcome.operations:
-                body = orjson.dumps(op.body)
-                rows.append(
-                    (
-                        next_id,
-                        op.partition,
-                        op.endpoint.value,
-                        op.action,
-                        body,
-                        len(body),
-                        op.event_uuid or event.uuid,
-                        now,
-                        lane,
-                    )
+    planned = plan.plan(calls, read, seen, stored)
+    conn.executemany(q.MARK_SEEN, [(uuid, now) for uuid in planned.new_uuids])
+    if planned.rows:
+        # Ingest numbers its rows itself (the only writer inside BEGIN IMMEDIATE), so it knows
+        # each partition's head without reading ``lastrowid`` row by row.
+        first_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
+        conn.executemany(
+            q.INSERT_OPERATION_WITH_ID,
+            [
+                (op_id, partition, endpoint, action, body, size, event_uuid, now, lane)
+                for op_id, (partition, endpoint, action, body, size, event_uuid, lane) in enumerate(
+                    planned.rows, first_id
                 )
-                if op.partition not in heads:
-                    heads[op.partition] = (next_id, lane)
-                next_id += 1
-            tally.add(outcome)
-        results.append(tally.result())
-    conn.executemany(q.INSERT_OPERATION_WITH_ID, rows)
-    if rows:
-        conn.execute(q.OPERATIONS_ADDED, (len(rows),))
-    conn.executemany(q.ADD_PARTITION, [(key, *head) for key, head in heads.items()])
+            ],
+        )
+        conn.execute(q.OPERATIONS_ADDED, (len(planned.rows),))
+        heads = plan.partition_heads(
+            (op_id, row[0]) for op_id, row in enumerate(planned.rows, first_id)
+        )
+        conn.executemany(
+            q.ADD_PARTITION,
+            [(key, head, planned.rows[head - first_id][6]) for key, head in heads.items()],
+        )
     conn.executemany(
         q.PUT_IDENTITY,
-        [
-            (distinct_id, encode_state(state), now)
-            for distinct_id, state in current.items()
-            if stored.get(distinct_id, blank) != state
-        ],
+        [(distinct_id, encode_state(state), now) for distinct_id, state in planned.states.items()],
     )
-    for call in calls:  # in this savepoint: committed with the operations or not at all
-        if call.checkpoint is not None:
-            checkpoint = call.checkpoint
-            conn.execute(q.PUT_CHECKPOINT, (checkpoint.source, checkpoint.position, now))
-    return results
+    for source, position in planned.checkpoints.items():  # committed with the rows, or not
+        conn.execute(q.PUT_CHECKPOINT, (source, position, now))
+    return planned.results
 
 
 def _json_array(values: Iterable[str]) -> str:
@@ -871,7 +800,7 @@ def owner_running(path: Path) -> bool:
         os.close(fd)
 
 
-class SQLiteQueue:
+class SQLiteQueue(GroupCommittedIngest):
     """The ``Queue`` on one SQLite file. Create with :meth:`open`; close with :meth:`close`."""
 
     def __init__(
@@ -960,18 +889,7 @@ class SQLiteQueue:
 
     # -- Queue ----------------------------------------------------------------------------
 
-    async def ingest(
-        self,
-        events: Sequence[PostHogEvent],
-        mapper: Mapper,
-        *,
-        lane: Lane = Lane.LIVE,
-        checkpoint: Checkpoint | None = None,
-    ) -> IngestResult:
-        if not events and checkpoint is None:
-            return IngestResult()
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        call = PendingIngest(list(events), mapper, lane, checkpoint, future)
+    async def _enqueue_ingest(self, call: PendingIngest) -> None:
         with self._ingest_lock:
             self._ingest_calls.append(call)
             first = len(self._ingest_calls) == 1
@@ -984,22 +902,18 @@ class SQLiteQueue:
                     self._ingest_calls.remove(call)
                 raise
             job.add_done_callback(partial(self._settle_ingests, taken))
-        result = await future
-        if result.actions:
-            self._signal_work()
-        return result
 
     def _take_and_ingest(
         self, taken: list[PendingIngest], conn: sqlite3.Connection
-    ) -> list[_Outcome]:
-        """Writer thread: every ingest call waiting right now, in one savepoint if possible."""
+    ) -> list[IngestResult | Exception]:
+        """Writer thread: every ingest call waiting right now, in this one job."""
         with self._ingest_lock:
             taken.extend(self._ingest_calls)
             self._ingest_calls = []
-        return _ingest_isolated(taken, conn)
+        return _ingest(taken, conn)
 
     def _settle_ingests(
-        self, taken: list[PendingIngest], job: asyncio.Future[list[_Outcome]]
+        self, taken: list[PendingIngest], job: asyncio.Future[list[IngestResult | Exception]]
     ) -> None:
         """Loop thread, after the COMMIT (or its failure): answer each call's caller."""
         if job.cancelled() or job.exception() is not None:
@@ -1009,16 +923,9 @@ class SQLiteQueue:
                 with self._ingest_lock:
                     taken.extend(self._ingest_calls)
                     self._ingest_calls = []
-            outcomes: list[_Outcome] = [(None, error)] * len(taken)
+            settle(taken, [error] * len(taken))
         else:
-            outcomes = job.result()
-        for call, (result, failure) in zip(taken, outcomes, strict=True):
-            if call.future.done():  # the caller gave up; what committed stays committed
-                continue
-            if failure is not None:
-                call.future.set_exception(failure)
-            else:
-                call.future.set_result(result or IngestResult())
+            settle(taken, job.result())
 
     async def get_checkpoint(self, source: str) -> str | None:
         def job(conn: sqlite3.Connection) -> str | None:
