@@ -36,7 +36,6 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.operation import Endpoint
 from posthog_customerio.queue import plan
 from posthog_customerio.queue import postgres_queries as q
 from posthog_customerio.queue.base import (
@@ -58,6 +57,7 @@ from posthog_customerio.queue.group_commit import (
     settle,
     take_waiting,
 )
+from posthog_customerio.queue.rows import claimed_from_row, dead_letter_from_row
 
 __all__ = ["PostgresQueue", "apply_migrations", "migrations", "schema_version"]
 
@@ -159,37 +159,6 @@ async def apply_migrations(conn: Any, target: int | None = None) -> list[int]:
 
 class _SeenRace(Exception):
     """Another process committed one of this group's uuids between our check and insert."""
-
-
-def _claimed(row: Any) -> ClaimedOperation:
-    return ClaimedOperation(
-        id=row[0],
-        partition=row[1],
-        endpoint=Endpoint(row[2]),
-        action=row[3],
-        body_json=bytes(row[4]),
-        attempts=row[5],
-        enqueued_at=row[6],
-        event_uuid=row[7],
-    )
-
-
-def _dead_letter_row(row: Any) -> DeadLetter:
-    return DeadLetter(
-        id=row[0],
-        op_id=row[1],
-        partition=row[2],
-        endpoint=Endpoint(row[3]),
-        action=row[4],
-        body_json=bytes(row[5]),
-        reason=row[6],
-        detail=row[7],
-        request=row[8],
-        response=row[9],
-        status=row[10],
-        created_at=row[11],
-        event_uuid=row[12],
-    )
 
 
 # --- the queue -----------------------------------------------------------------------------
@@ -519,7 +488,7 @@ class PostgresQueue(GroupCommittedIngest):
             rows = await conn.fetch(
                 q.CLAIM, max_ops, max_bytes, self.worker_id, lane_values, self.lease_secs
             )
-        claimed = sorted((_claimed(row) for row in rows), key=lambda op: op.id)
+        claimed = sorted((claimed_from_row(row) for row in rows), key=lambda op: op.id)
         self._outstanding.update((op.id, op.partition) for op in claimed)
         return claimed
 
@@ -646,13 +615,13 @@ class PostgresQueue(GroupCommittedIngest):
         pool = await self._ready()
         async with _translated():
             rows = await pool.fetch(q.LIST_DEAD_LETTERS, reason, since, limit)
-        return [_dead_letter_row(row) for row in rows]
+        return [dead_letter_from_row(row) for row in rows]
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         pool = await self._ready()
         async with _translated():
             row = await pool.fetchrow(q.GET_DEAD_LETTER, dead_letter_id)
-        return _dead_letter_row(row) if row is not None else None
+        return dead_letter_from_row(row) if row is not None else None
 
     async def dead_letter_ids(
         self, reason: str | None = None, since: float | None = None

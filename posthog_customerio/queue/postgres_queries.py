@@ -128,8 +128,8 @@ WITH cand AS (
 )
 UPDATE operations o SET claimed_by = $3
 FROM picked WHERE o.id = picked.id
-RETURNING o.id, o.partition_key, o.endpoint, o.action, o.body, o.attempts, o.enqueued_at,
-          o.event_uuid
+RETURNING o.id, o.partition_key, o.endpoint, o.action, o.body, o.size, o.attempts,
+          o.enqueued_at, o.event_uuid
 """
 
 # --- settle (ack, retry, release, dead letter) ----------------------------------------------

@@ -35,7 +35,7 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.operation import Operation
 from posthog_customerio.queue import plan
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
@@ -51,7 +51,13 @@ from posthog_customerio.queue.base import (
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
 from posthog_customerio.queue.forget import body_names, names_of, needles
-from posthog_customerio.queue.group_commit import GroupCommittedIngest, PendingIngest, settle
+from posthog_customerio.queue.group_commit import (
+    GroupCommittedIngest,
+    PendingIngest,
+    settle,
+    take_waiting,
+)
+from posthog_customerio.queue.rows import claimed_from_row, dead_letter_from_row
 
 __all__ = ["SQLiteQueue", "apply_migrations", "migrations", "owner_running"]
 
@@ -282,16 +288,7 @@ class _Writer:
                 first = self._jobs.get()
                 if first is None:
                     break
-                batch = [first]
-                while len(batch) < GROUP_COMMIT_MAX_JOBS:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    batch.append(job)
+                batch, stopping = take_waiting(first, self._jobs.get_nowait, GROUP_COMMIT_MAX_JOBS)
                 self._run_batch(conn, batch)
         finally:
             conn.close()
@@ -446,23 +443,6 @@ def _ingest(
 def _json_array(values: Iterable[str]) -> str:
     """A JSON array of strings, the one parameter of the ``json_each`` lookups."""
     return orjson.dumps(list(values)).decode()
-
-
-_ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}  # Endpoint(x) is slow
-
-
-def _claimed(row: _Row) -> ClaimedOperation:
-    op_id, partition, endpoint, action, body, _size, attempts, enqueued_at, event_uuid = row
-    return ClaimedOperation(
-        id=op_id,
-        partition=partition,
-        endpoint=_ENDPOINTS[endpoint],
-        action=action,
-        body_json=bytes(body),
-        attempts=attempts,
-        enqueued_at=enqueued_at,
-        event_uuid=event_uuid,
-    )
 
 
 def _claim(
@@ -639,26 +619,6 @@ def _dead_letter(rejections: Sequence[Rejection], conn: sqlite3.Connection) -> N
         conn.execute(q.DELETE_OPERATION, (op_id,))
 
     _settle_partitions(conn, _touch(conn, list(by_id), move))
-
-
-def _dead_letter_row(row: _Row) -> DeadLetter:
-    (dl_id, op_id, partition, endpoint, action, body, reason, detail, request, response) = row[:10]
-    status, created_at, event_uuid = row[10:]
-    return DeadLetter(
-        id=dl_id,
-        op_id=op_id,
-        partition=partition,
-        endpoint=Endpoint(endpoint),
-        action=action,
-        body_json=bytes(body),
-        reason=reason,
-        detail=detail,
-        request=request,
-        response=response,
-        status=status,
-        created_at=created_at,
-        event_uuid=event_uuid,
-    )
 
 
 def _replay(ids: Sequence[int], conn: sqlite3.Connection) -> int:
@@ -940,7 +900,7 @@ class SQLiteQueue(GroupCommittedIngest):
         rows = await self._writer.run(
             partial(_claim, max_ops, max_bytes, now, lanes), on_orphan=self._release_orphaned
         )
-        return [_claimed(row) for row in rows]
+        return [claimed_from_row(row) for row in rows]
 
     def _release_orphaned(self, rows: list[_Row]) -> None:
         if rows:
@@ -1002,14 +962,14 @@ class SQLiteQueue(GroupCommittedIngest):
     ) -> list[DeadLetter]:
         def job(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(q.LIST_DEAD_LETTERS, (reason, since, limit)).fetchall()
-            return [_dead_letter_row(row) for row in rows]
+            return [dead_letter_from_row(row) for row in rows]
 
         return await self._writer.run(job, write=False)
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         def job(conn: sqlite3.Connection) -> DeadLetter | None:
             row = conn.execute(q.GET_DEAD_LETTER, (dead_letter_id,)).fetchone()
-            return _dead_letter_row(row) if row is not None else None
+            return dead_letter_from_row(row) if row is not None else None
 
         return await self._writer.run(job, write=False)
 
