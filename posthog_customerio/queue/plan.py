@@ -23,6 +23,7 @@ import orjson
 
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.mapper import Mapper, MappingOutcome
+from posthog_customerio.mapping.operation import Operation
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane
 from posthog_customerio.sources.event import PostHogEvent
 
@@ -96,6 +97,20 @@ class IngestPlan:
     checkpoints: dict[str, str]  # source -> position; a later call's wins
 
 
+def operation_row(op: Operation, lane: str, event_uuid: str = "") -> OperationRow:
+    """``op`` as stored; its own ``event_uuid`` wins over the one given."""
+    body = orjson.dumps(op.body)
+    return (
+        op.partition,
+        op.endpoint.value,
+        op.action,
+        body,
+        len(body),
+        op.event_uuid or event_uuid,
+        lane,
+    )
+
+
 def reads(calls: Sequence[IngestCall]) -> Reads:
     """The uuids and distinct_ids the calls' events need, each listed once."""
     uuids: dict[str, None] = {}
@@ -135,7 +150,6 @@ def plan(
     rows: list[OperationRow] = []
     checkpoints: dict[str, str] = {}
     results: list[IngestResult | Exception] = []
-    dumps = orjson.dumps
     for call, per_event in zip(calls, read.per_call, strict=True):
         if isinstance(per_event, Exception):
             results.append(per_event)
@@ -158,18 +172,7 @@ def plan(
                         undo[distinct_id] = get(distinct_id)
                     current[distinct_id] = state
                 for op in outcome.operations:
-                    body = dumps(op.body)
-                    rows.append(
-                        (
-                            op.partition,
-                            op.endpoint.value,
-                            op.action,
-                            body,
-                            len(body),
-                            op.event_uuid or uuid,
-                            lane,
-                        )
-                    )
+                    rows.append(operation_row(op, lane, uuid))
                 tally.add(outcome)
                 if observe is not None:
                     observe(event, outcome)

@@ -32,7 +32,6 @@ from importlib import resources
 from typing import Any
 
 import asyncpg
-import orjson
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
@@ -50,7 +49,7 @@ from posthog_customerio.queue.base import (
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
-from posthog_customerio.queue.forget import body_names, names_of, needles
+from posthog_customerio.queue.forget import Erasure
 from posthog_customerio.queue.group_commit import (
     GroupCommittedIngest,
     PendingIngest,
@@ -159,6 +158,16 @@ async def apply_migrations(conn: Any, target: int | None = None) -> list[int]:
 
 class _SeenRace(Exception):
     """Another process committed one of this group's uuids between our check and insert."""
+
+
+async def _insert_operations(conn: Any, rows: Sequence[plan.OperationRow], now: float) -> None:
+    """Insert ``rows`` in order (one statement, one array per column) and add the partitions
+    they start, or move a partition's head back to them."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    inserted = await conn.fetch(q.INSERT_OPERATIONS, *columns, now)
+    heads = plan.partition_heads((row[0], row[1]) for row in inserted)
+    keys = sorted(heads)
+    await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
 
 
 # --- the queue -----------------------------------------------------------------------------
@@ -446,7 +455,7 @@ class PostgresQueue(GroupCommittedIngest):
             if len(inserted) != len(ordered):
                 raise _SeenRace()
         if planned.rows:
-            await self._insert_operations(conn, list(zip(*planned.rows, strict=True)), now)
+            await _insert_operations(conn, planned.rows, now)
         changed = sorted(planned.states)
         if changed:
             await conn.execute(
@@ -455,15 +464,6 @@ class PostgresQueue(GroupCommittedIngest):
         for source, position in sorted(planned.checkpoints.items()):
             await conn.execute(q.PUT_CHECKPOINT, source, position, now)
         return planned.results
-
-    @staticmethod
-    async def _insert_operations(conn: Any, columns: list[tuple[Any, ...]], now: float) -> None:
-        """Insert operations given as columns (partition, endpoint, action, body, size,
-        event_uuid, lane) and add their partitions with their heads."""
-        inserted = await conn.fetch(q.INSERT_OPERATIONS, *(list(c) for c in columns), now)
-        heads = plan.partition_heads((row[0], row[1]) for row in inserted)
-        keys = sorted(heads)
-        await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
 
     async def get_checkpoint(self, source: str) -> str | None:
         pool = await self._ready()
@@ -642,9 +642,7 @@ class PostgresQueue(GroupCommittedIngest):
             conn.transaction(),
         ):
             rows = await conn.fetch(q.REPLAY_DEAD_LETTERS, sorted(set(ids)), time.time())
-            heads: dict[str, int] = {}
-            for op_id, partition in rows:
-                heads[partition] = min(op_id, heads.get(partition, op_id))
+            heads = plan.partition_heads((row[0], row[1]) for row in rows)
             if heads:
                 keys = sorted(heads)
                 await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
@@ -691,16 +689,13 @@ class PostgresQueue(GroupCommittedIngest):
         rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(targets), _EMPTY_STATE, now)
         decoded = ((row[0], decode_state(bytes(row[1]))) for row in rows)
         states = {d: state for d, state in decoded if state != IdentityState()}
-        ids, emails = names_of(targets, states)
-        search = needles(targets, states)
+        erasure = Erasure.of(targets, states)
 
-        candidates = await conn.fetch(q.FORGET_OPERATION_CANDIDATES, targets, search)
+        candidates = await conn.fetch(q.FORGET_OPERATION_CANDIDATES, targets, erasure.needles)
         chosen = [
-            (row[0], row[1], row[3])
-            for row in candidates
-            if row[1] in ids or body_names(bytes(row[2]), ids, emails)
+            (row[0], row[1], row[3]) for row in candidates if erasure.names(row[1], bytes(row[2]))
         ]
-        keys = sorted({partition for _, partition, _ in chosen} | ids)
+        keys = sorted({partition for _, partition, _ in chosen} | erasure.ids)
         await conn.fetch(q.LOCK_PARTITIONS, keys)
         deleted = await conn.fetch(q.DELETE_UNCLAIMED_OPERATIONS, [c[0] for c in chosen])
         await conn.execute(q.DELETE_EMPTY_PARTITIONS, keys)
@@ -708,39 +703,18 @@ class PostgresQueue(GroupCommittedIngest):
 
         letters = [
             row[0]
-            for row in await conn.fetch(q.FORGET_DEAD_LETTER_CANDIDATES, targets, search)
-            if row[1] in ids or body_names(bytes(row[2]), ids, emails)
+            for row in await conn.fetch(q.FORGET_DEAD_LETTER_CANDIDATES, targets, erasure.needles)
+            if erasure.names(row[1], bytes(row[2]))
         ]
         if letters:
             await conn.execute(q.PURGE_DEAD_LETTERS, letters)
         await conn.execute(q.DELETE_IDENTITIES, targets)
         await conn.execute(q.RECORD_FORGOTTEN, targets, now)
 
-        ops = [
-            op
-            for distinct_id in targets
-            for op in forgetter.forget_operations(
-                distinct_id, states.get(distinct_id), suppress=suppress
-            )
-        ]
+        ops = erasure.operations(forgetter, suppress=suppress)
         if ops:
-            bodies = [orjson.dumps(op.body) for op in ops]
-            inserted = await conn.fetch(
-                q.INSERT_OPERATIONS,
-                [op.partition for op in ops],
-                [op.endpoint.value for op in ops],
-                [op.action for op in ops],
-                bodies,
-                [len(b) for b in bodies],
-                [op.event_uuid for op in ops],
-                [Lane.LIVE.value] * len(ops),
-                now,
-            )
-            heads: dict[str, int] = {}
-            for op_id, partition in inserted:
-                heads[partition] = min(op_id, heads.get(partition, op_id))
-            new_keys = sorted(heads)
-            await conn.execute(q.ADD_PARTITIONS, new_keys, [heads[k] for k in new_keys])
+            rows = [plan.operation_row(op, Lane.LIVE.value) for op in ops]
+            await _insert_operations(conn, rows, now)
         return ForgetResult(
             distinct_ids=tuple(targets),
             identities=len(states),

@@ -35,7 +35,6 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.operation import Operation
 from posthog_customerio.queue import plan
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
@@ -50,7 +49,7 @@ from posthog_customerio.queue.base import (
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
-from posthog_customerio.queue.forget import body_names, names_of, needles
+from posthog_customerio.queue.forget import Erasure
 from posthog_customerio.queue.group_commit import (
     GroupCommittedIngest,
     PendingIngest,
@@ -371,24 +370,31 @@ class _Checkpointer:
 _Row = tuple[Any, ...]
 
 
-def _store_operation(
-    conn: sqlite3.Connection,
-    op: Operation,
-    event_uuid: str,
-    now: float,
-    lane: Lane,
-    known_partitions: set[str],
+def _insert_operations(
+    conn: sqlite3.Connection, rows: Sequence[plan.OperationRow], now: float
 ) -> None:
-    """Insert one operation; register its partition the first time this job sees it."""
-    body = orjson.dumps(op.body)
-    cursor = conn.execute(
-        q.INSERT_OPERATION,
-        (op.partition, op.endpoint.value, op.action, body, len(body), event_uuid, now, lane.value),
+    """Insert ``rows`` in order and register the partitions they start.
+
+    The writer numbers the rows itself (it is the only writer inside BEGIN IMMEDIATE), so it
+    knows each partition's head without reading ``lastrowid`` row by row.
+    """
+    if not rows:
+        return
+    first_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
+    conn.executemany(
+        q.INSERT_OPERATION_WITH_ID,
+        [
+            (op_id, partition, endpoint, action, body, size, event_uuid, now, lane)
+            for op_id, (partition, endpoint, action, body, size, event_uuid, lane) in enumerate(
+                rows, first_id
+            )
+        ],
     )
-    conn.execute(q.OPERATIONS_ADDED, (1,))
-    if op.partition not in known_partitions:
-        conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, lane.value))
-        known_partitions.add(op.partition)
+    conn.execute(q.OPERATIONS_ADDED, (len(rows),))
+    heads = plan.partition_heads((op_id, row[0]) for op_id, row in enumerate(rows, first_id))
+    conn.executemany(
+        q.ADD_PARTITION, [(key, head, rows[head - first_id][6]) for key, head in heads.items()]
+    )
 
 
 def _ingest(
@@ -410,27 +416,7 @@ def _ingest(
     }
     planned = plan.plan(calls, read, seen, stored)
     conn.executemany(q.MARK_SEEN, [(uuid, now) for uuid in planned.new_uuids])
-    if planned.rows:
-        # Ingest numbers its rows itself (the only writer inside BEGIN IMMEDIATE), so it knows
-        # each partition's head without reading ``lastrowid`` row by row.
-        first_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
-        conn.executemany(
-            q.INSERT_OPERATION_WITH_ID,
-            [
-                (op_id, partition, endpoint, action, body, size, event_uuid, now, lane)
-                for op_id, (partition, endpoint, action, body, size, event_uuid, lane) in enumerate(
-                    planned.rows, first_id
-                )
-            ],
-        )
-        conn.execute(q.OPERATIONS_ADDED, (len(planned.rows),))
-        heads = plan.partition_heads(
-            (op_id, row[0]) for op_id, row in enumerate(planned.rows, first_id)
-        )
-        conn.executemany(
-            q.ADD_PARTITION,
-            [(key, head, planned.rows[head - first_id][6]) for key, head in heads.items()],
-        )
+    _insert_operations(conn, planned.rows, now)
     conn.executemany(
         q.PUT_IDENTITY,
         [(distinct_id, encode_state(state), now) for distinct_id, state in planned.states.items()],
@@ -622,25 +608,17 @@ def _dead_letter(rejections: Sequence[Rejection], conn: sqlite3.Connection) -> N
 
 
 def _replay(ids: Sequence[int], conn: sqlite3.Connection) -> int:
-    now = time.time()
-    replayed = 0
-    known_partitions: set[str] = set()
+    rows: list[plan.OperationRow] = []
     for dl_id in sorted(set(ids)):
         row = conn.execute(q.GET_DEAD_LETTER_FOR_REPLAY, (dl_id,)).fetchone()
         if row is None:
             continue
         partition, endpoint, action, body, event_uuid = row
-        cursor = conn.execute(  # a replay is an operator asking for it now: the live lane
-            q.INSERT_OPERATION,
-            (partition, endpoint, action, body, len(body), event_uuid, now, Lane.LIVE.value),
-        )
-        conn.execute(q.OPERATIONS_ADDED, (1,))
-        if partition not in known_partitions:
-            conn.execute(q.ADD_PARTITION, (partition, cursor.lastrowid, Lane.LIVE.value))
-            known_partitions.add(partition)
+        # a replay is an operator asking for it now: the live lane
+        rows.append((partition, endpoint, action, body, len(body), event_uuid, Lane.LIVE.value))
         conn.execute(q.DELETE_DEAD_LETTER, (dl_id,))
-        replayed += 1
-    return replayed
+    _insert_operations(conn, rows, time.time())
+    return len(rows)
 
 
 def _purge(ids: Sequence[int], conn: sqlite3.Connection) -> int:
@@ -661,8 +639,7 @@ def _forget(
         row = conn.execute(q.GET_IDENTITY, (distinct_id,)).fetchone()
         if row is not None:
             states[distinct_id] = decode_state(row[0])
-    ids, emails = names_of(targets, states)
-    search = needles(targets, states)
+    erasure = Erasure.of(targets, states)
 
     doomed: dict[int, str] = {}  # op id -> partition; claimed ones are left to deliver
     in_flight: set[int] = set()
@@ -671,11 +648,11 @@ def _forget(
         for distinct_id in targets
         for op_id, claimed in conn.execute(q.PARTITION_OPERATIONS, (distinct_id,)).fetchall()
     ]
-    for needle in search:
+    for needle in erasure.needles:
         for op_id, partition, body, claimed in conn.execute(
             q.OPERATIONS_CONTAINING, (needle,)
         ).fetchall():
-            if partition not in ids and body_names(bytes(body), ids, emails):
+            if partition not in erasure.ids and erasure.mentioned_in(bytes(body)):
                 found.append((op_id, partition, claimed))
     for op_id, partition, claimed in found:
         if claimed:
@@ -688,30 +665,25 @@ def _forget(
     letters: set[int] = set()
     for distinct_id in targets:
         letters.update(row[0] for row in conn.execute(q.PARTITION_DEAD_LETTERS, (distinct_id,)))
-    for needle in search:
+    for needle in erasure.needles:
         for dl_id, body in conn.execute(q.DEAD_LETTERS_CONTAINING, (needle,)).fetchall():
-            if dl_id not in letters and body_names(bytes(body), ids, emails):
+            if dl_id not in letters and erasure.mentioned_in(bytes(body)):
                 letters.add(dl_id)
     conn.executemany(q.DELETE_DEAD_LETTER, ((dl_id,) for dl_id in letters))
 
     identities = 0
-    enqueued = 0
-    partitions: set[str] = set()
     for distinct_id in targets:
         identities += conn.execute(q.DELETE_IDENTITY, (distinct_id,)).rowcount
         conn.execute(q.RECORD_FORGOTTEN, (distinct_id, now))
-        for op in forgetter.forget_operations(
-            distinct_id, states.get(distinct_id), suppress=suppress
-        ):
-            _store_operation(conn, op, op.event_uuid, now, Lane.LIVE, partitions)
-            enqueued += 1
+    ops = erasure.operations(forgetter, suppress=suppress)
+    _insert_operations(conn, [plan.operation_row(op, Lane.LIVE.value) for op in ops], now)
     return ForgetResult(
         distinct_ids=tuple(targets),
         identities=identities,
         operations=len(doomed),
         dead_letters=len(letters),
         in_flight=len(in_flight),
-        enqueued=enqueued,
+        enqueued=len(ops),
     )
 
 
