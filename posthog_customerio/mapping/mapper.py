@@ -36,7 +36,7 @@ from posthog_customerio.mapping.limits import (
     limit_event_name,
     shrink_mapping,
 )
-from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.operation import OBJECT_IDENTIFY, Endpoint, Operation
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import ulid_from_uuid
 from posthog_customerio.sources.event import PostHogEvent
@@ -395,7 +395,7 @@ class _Mapping:
             Operation(
                 partition=object_partition(type_id, key),
                 endpoint=Endpoint.BATCH,
-                action="object_identify",
+                action=OBJECT_IDENTIFY,
                 body=fitted,
                 event_uuid=self.event.uuid,
             )

@@ -102,7 +102,7 @@ _V2_SCHEMAS = {
     "page": "person_page",
     "screen": "person_screen",
     "merge": "person_merge",
-    "object_identify": "object_identify",
+    "object.identify": "object_identify",
     "add_relationships": "person_add_relationships",
     "delete": "person_delete",
     "suppress": "person_suppress",
@@ -764,7 +764,7 @@ CASES = [
         Case(
             group_identify(group_set={"name": "Acme Inc", "plan": "enterprise", "seats": 250}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             bodies=[
                 {
                     "type": "object",
@@ -799,7 +799,7 @@ CASES = [
             MappingRules(
                 anonymous_users=AnonymousUsers.WITH_EMAIL_ONLY, object_types={"company": "1"}
             ),
-            ops=["object_identify"],
+            ops=["object.identify"],
         ),
         id="groupidentify_server_side_passes_the_anonymous_gate",
     ),
@@ -807,7 +807,7 @@ CASES = [
         Case(
             group_identify(group_set=None),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_not_in("attributes", body),
         ),
         id="groupidentify_without_group_set_creates_the_object",
@@ -816,7 +816,7 @@ CASES = [
         Case(
             group_identify(key=42),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_is({"object_type_id": "1", "object_id": "42"}, lambda o: body(o)["identifiers"]),
         ),
         id="groupidentify_numeric_key_is_a_string_id",
@@ -840,7 +840,7 @@ CASES = [
                 group_set={"bio": "é" * 600, "n" * 151: 1, **{f"k{i:03}": i for i in range(300)}}
             ),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             truncations={"attribute_value": 1, "attribute_name": 1, "attribute_count": 1},
             check=_is(("é" * 500, 300), lambda o: (attrs(o)["bio"], len(attrs(o)))),
         ),
@@ -850,7 +850,7 @@ CASES = [
         Case(
             group_identify(group_set={f"k{i:03}": "v" * 900 for i in range(60)}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             truncations={"item_size": 25},
         ),
         id="group_identify_over_item_limit_drops_largest_attributes",
@@ -1270,7 +1270,7 @@ def test_story_with_company_mapped_to_an_object_type() -> None:
     summary = _summary(results)
     expected = [*STORY_SEND_ALL]
     expected[5] = ("order_completed", "send", None, ["identify", "event", "add_relationships"])
-    expected[6] = ("$groupidentify", "send", None, ["object_identify"])
+    expected[6] = ("$groupidentify", "send", None, ["object.identify"])
     assert summary == expected
     for event, result in zip(events, results, strict=True):
         assert_sendable(result.operations, event)
@@ -1290,7 +1290,7 @@ def test_story_with_company_mapped_to_an_object_type() -> None:
     ]
     assert states["user_42"].relationships == frozenset({"1:acme-inc"})
     text = format_explanation(results[6])
-    assert "object_identify -> POST /api/v2/batch (item)" in text
+    assert "object.identify -> POST /api/v2/batch (item)" in text
 
 
 def replace_uuid(event: PostHogEvent) -> PostHogEvent:
