@@ -36,6 +36,7 @@ from posthog_customerio.queue.base import (
 )
 from posthog_customerio.queue.forget import Erasure
 from posthog_customerio.queue.group_commit import GroupCommittedIngest, PendingIngest, settle
+from posthog_customerio.queue.wakeup import WorkSignal
 
 __all__ = ["MemoryQueue", "MemoryStore", "StoredOperation"]
 
@@ -110,7 +111,7 @@ class MemoryQueue(GroupCommittedIngest):
         self._owns = False
         self._started_at = 0.0
         self._waiting: list[PendingIngest] = []
-        self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._work = WorkSignal()
 
     @classmethod
     def open(
@@ -163,26 +164,10 @@ class MemoryQueue(GroupCommittedIngest):
 
     # -- wake-ups -------------------------------------------------------------------------
 
-    def _work_event(self) -> asyncio.Event:
-        loop = asyncio.get_running_loop()
-        if self._work is None or self._work[0] is not loop:
-            self._work = (loop, asyncio.Event())
-        return self._work[1]
-
-    def _signal_work(self) -> None:
-        self._work_event().set()
-
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Sleep until this handle adds pending work (ingest, replay, release, forget)."""
         self._check()
-        event = self._work_event()
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            return False
-        event.clear()
-        return True
+        return await self._work.wait(timeout)
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -303,7 +288,7 @@ class MemoryQueue(GroupCommittedIngest):
         for op in self._existing(op_ids):
             op.claimed = False
         if op_ids:
-            self._signal_work()
+            self._work.set()
 
     async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
         store, now = self.store, self._clock()
@@ -370,7 +355,7 @@ class MemoryQueue(GroupCommittedIngest):
         ]
         self._insert(rows, self._clock())
         if rows:
-            self._signal_work()
+            self._work.set()
         return len(rows)
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int:
@@ -403,7 +388,7 @@ class MemoryQueue(GroupCommittedIngest):
         ops = erasure.operations(forgetter, suppress=suppress)
         self._insert([plan.operation_row(op, Lane.LIVE.value) for op in ops], now)
         if ops:
-            self._signal_work()
+            self._work.set()
         return ForgetResult(
             distinct_ids=tuple(targets),
             identities=len(states),
