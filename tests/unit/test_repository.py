@@ -6,9 +6,12 @@ machine the project was written on, and fails for anyone who clones it.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from tests.samples import REPO
 
@@ -58,3 +61,12 @@ def test_the_pattern_finds_what_it_must() -> None:
     ):
         assert OUTSIDE.search(line), line
     assert not OUTSIDE.search(b"the queue is shared, so delivery is spread")
+
+
+def test_browser_tests_leave_the_committed_screenshots_alone() -> None:
+    """docs/images/ changes only when asked for (PHCIO_SCREENSHOTS=docs/images)."""
+    if os.environ.get("PHCIO_SCREENSHOTS"):
+        pytest.skip("PHCIO_SCREENSHOTS is set: this run refreshes the screenshots on purpose")
+    from tests.browser.conftest import IMAGES
+
+    assert REPO not in IMAGES.parents, IMAGES
