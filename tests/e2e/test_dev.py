@@ -6,6 +6,8 @@ no traceback, the connector's exit code, and the SQLite files closed (no WAL lef
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -36,6 +38,8 @@ def test_dev_serve_passes_the_signal_on_and_waits(tmp_path: Path, sig: signal.Si
         code = proc.popen.wait(60)
     finally:
         proc.close()
+        with contextlib.suppress(ProcessLookupError):  # a connector dev.py left behind
+            os.killpg(proc.popen.pid, signal.SIGKILL)
     out = proc.output()
     assert code == 0, out
     assert "Traceback" not in out, out
