@@ -54,18 +54,29 @@ app.add_typer(dead_letters_app, name="dead-letters")
 _debug = False
 
 
+def _print_version(value: bool) -> None:
+    """Eager, so that ``--version`` alone works without a command."""
+    if value:
+        out.print(__version__)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", metavar="")] = False,
     version: Annotated[
-        bool, typer.Option("--version", help="Print the version.", metavar="")
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version.",
+            metavar="",
+            is_eager=True,
+            callback=_print_version,
+        ),
     ] = False,
 ) -> None:
     global _debug
     _debug = debug
-    if version:
-        out.print(__version__)
-        raise typer.Exit(0)
 
 
 @app.command()

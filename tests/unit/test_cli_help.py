@@ -62,3 +62,11 @@ def test_help_texts_have_no_stray_punctuation_or_bool() -> None:
             # declaration here reaches; every flag we declare has metavar="".
             if "<bool>" in line:
                 assert line.strip(" │").startswith("--help "), f"{' '.join(path)}: {line}"
+
+
+def test_version_alone_prints_the_version() -> None:
+    from posthog_customerio import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == __version__
