@@ -316,6 +316,15 @@ async def _migrate(url: str) -> list[int]:
         conn_sqlite.close()
 
 
+def _is_json(data: bytes) -> bool:
+    """Whether ``data`` is one JSON document (a webhook body), not JSON Lines."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def _read_events(paths: list[str]) -> list[Any]:
     from posthog_customerio.sources.normalize import event_from_mapping
     from posthog_customerio.sources.webhook import parse_webhook_body
@@ -332,7 +341,7 @@ def _read_events(paths: list[str]) -> list[Any]:
             continue
         except InputError as whole:
             lines = [ln for ln in data.splitlines() if ln.strip()]
-            if len(lines) < 2:
+            if len(lines) < 2 or _is_json(data):  # one JSON document: its own problem
                 fail(f"{name}: {whole}", 2)
         for lineno, line in enumerate(data.splitlines(), 1):
             if not line.strip():
