@@ -4,7 +4,8 @@
     ├── ConfigError        bad settings: report every problem, exit 2
     ├── InputError         bad webhook/export input: 400, names the field
     ├── PayloadTooLarge    over the size limit: 413
-    └── QueueUnavailable   the store cannot take writes now (locked, disk full): 503, retry
+    ├── QueueUnavailable   the store cannot take writes now (locked, disk full): 503, retry
+    └── StoreNotFound      a command found no queue where it looked: say where, exit 1
 
 Lower-level errors (sqlite3, httpx, orjson) are translated once, at the boundary, with
 ``raise ... from exc``.
@@ -40,3 +41,15 @@ class PayloadTooLarge(ConnectorError):
 
 class QueueUnavailable(ConnectorError):
     """The queue cannot durably take the write now; the sender should retry later."""
+
+
+class StoreNotFound(ConnectorError):
+    """No queue where a command looked (and it created none): says where it looked and how
+    to point at another one."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        super().__init__(
+            f"no queue found at {where} (nothing was created); point at yours with "
+            "--data-dir DIR, or --database-url URL / POSTHOG_CUSTOMERIO_DATABASE_URL"
+        )

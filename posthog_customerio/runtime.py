@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from posthog_customerio import logs
@@ -27,7 +25,7 @@ from posthog_customerio.errors import ConfigError
 from posthog_customerio.mapping.mapper import EventMapper
 from posthog_customerio.metrics import Metrics
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane, Queue, QueueStats
-from posthog_customerio.queue.sqlite import SQLiteQueue
+from posthog_customerio.queue.location import StoreLocation, redact_url
 from posthog_customerio.settings import (
     OPTIONS,
     Reload,
@@ -39,7 +37,7 @@ from posthog_customerio.settings import (
 from posthog_customerio.sources.event import PostHogEvent
 
 if TYPE_CHECKING:
-    from posthog_customerio.sources.backfill import FollowState
+    from posthog_customerio.pipeline.follow import FollowState
 
 log = logging.getLogger("posthog_customerio.runtime")
 
@@ -49,44 +47,12 @@ PRUNE_EVERY_SECS = 3600.0
 SANDBOX_CREDENTIALS = ("sandbox", "sandbox")
 
 
-def sqlite_path(database_url: str) -> Path:
-    """``sqlite:///relative/or/absolute.db`` → a path (``sqlite:////abs`` is absolute)."""
-    if not database_url.startswith("sqlite:///"):
-        raise ConfigError([f"database_url: {database_url.split(':', 1)[0]!r} is not supported"])
-    return Path(database_url.removeprefix("sqlite:///"))
-
-
-def redact_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
-    return re.sub(r"^([a-z]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
-
-
-def is_postgres(database_url: str) -> bool:
-    return database_url.startswith(("postgresql://", "postgres://"))
-
-
-def open_queue(settings: Settings, *, owner: bool) -> Queue:
-    """The queue named by ``database_url``: SQLite (creates the data directory on first use)
-    or PostgreSQL (connects on ``start_queue`` or its first call)."""
-    url = settings.effective_database_url
-    if is_postgres(url):
-        from posthog_customerio.queue.postgres import PostgresQueue
-
-        d = settings.delivery
-        return PostgresQueue.open(
-            url, owner=owner, lease_secs=d.lease_secs, heartbeat_secs=d.heartbeat_secs
-        )
-    path = sqlite_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return SQLiteQueue.open(path, owner=owner)
-
-
-async def start_queue(queue: Queue) -> None:
-    """Connect (and as owner migrate and register) now, so that ``serve`` fails at start-up
-    rather than on its first webhook. SQLite is ready once opened."""
-    start = getattr(queue, "start", None)
-    if start is not None:
-        await start()
+def store_location(settings: Settings) -> StoreLocation:
+    """Where the queue of ``settings`` lives; every command opens it through this."""
+    d = settings.delivery
+    return StoreLocation(
+        settings.effective_database_url, lease_secs=d.lease_secs, heartbeat_secs=d.heartbeat_secs
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +116,8 @@ class Connector:
         return self._queue
 
     async def start(self) -> None:
-        self._queue = open_queue(self.settings, owner=True)
-        await start_queue(self._queue)
+        self._queue = store_location(self.settings).open(owner=True)
+        await self._queue.start()  # fail at start-up rather than on the first webhook
         d = self.settings.delivery
         self._client = TrackClient(
             self.target.url,
@@ -319,48 +285,17 @@ class Connector:
 
     async def _follow_posthog(self) -> None:
         """``serve --follow-posthog``: the PostHog API source in-process (DESIGN.md §7)."""
-        from posthog_customerio.sources import backfill
-        from posthog_customerio.sources.posthog_api import ApiQuery, PostHogQueryClient
+        from posthog_customerio.pipeline.follow import PostHogFollow
 
-        s = self.settings
-        assert s.posthog_url and s.posthog_project_id and s.posthog_personal_api_key
-        source = backfill.api_source(s.posthog_url, s.posthog_project_id)
-        state = self.follow_state = backfill.FollowState(source)
-        client = PostHogQueryClient(
-            s.posthog_url, s.posthog_project_id, s.posthog_personal_api_key.get_secret_value()
-        )
-        # Without a checkpoint, start at the lag window: history is `backfill`'s job.
-        query = ApiQuery(since=backfill.iso(int((time.time() - s.follow_lag_secs) * 1000)))
+        follower = PostHogFollow.new_events(self.settings)
+        self.follow_state = follower.state
 
         async def ingest(
             events: Sequence[PostHogEvent], *, lane: Lane, checkpoint: Checkpoint | None
         ) -> IngestResult:
             return await self.ingest(events, "posthog_api", lane=lane, checkpoint=checkpoint)
 
-        log.info("following PostHog", extra={"ctx": {"source": source}})
-        try:
-            while not self._stop.is_set():
-                chunks = backfill.follow_chunks(
-                    client,
-                    query,
-                    source,
-                    self.queue.get_checkpoint,
-                    self._stop,
-                    poll_secs=s.follow_poll_secs,
-                    lag_secs=s.follow_lag_secs,
-                    follow=True,
-                    state=state,
-                )
-                try:
-                    await backfill.run(chunks, ingest, backfill.BackfillStats(), stop=self._stop)
-                except Exception as exc:  # the queue refused a chunk: resume from the checkpoint
-                    log.exception("posthog follow failed; retrying")
-                    state.last_error = f"{type(exc).__name__}: {exc}"
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(s.follow_poll_secs):
-                            await self._stop.wait()
-        finally:
-            await client.aclose()
+        await follower.keep_following(ingest, self.queue.get_checkpoint, self._stop)
 
     async def stats(self, max_age_secs: float = 1.0) -> QueueStats:
         """Queue stats, cached briefly so scrapes and page polls stay cheap."""

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from posthog_customerio.queue.postgres import apply_migrations
+from posthog_customerio.queue.postgres import PostgresQueue, apply_migrations
 
 ADMIN_DSN = os.environ.get(
     "POSTHOG_CUSTOMERIO_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -63,6 +63,19 @@ def server_problem() -> str | None:
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         return f"PostgreSQL not reachable at {ADMIN_DSN}: {type(exc).__name__}: {exc}"
     return None
+
+
+async def crash(queue: PostgresQueue) -> None:
+    """Make ``queue`` stop as a SIGKILL would: no more heartbeats, connections dropped, nothing
+    released, so its leases run out by themselves. Reaches into the queue's private parts on
+    purpose: the product never needs this."""
+    queue._closed = True
+    tasks = [*queue._writers, *([queue._heartbeat] if queue._heartbeat else [])]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    if queue._pool is not None:
+        queue._pool.terminate()
 
 
 class PgServer:

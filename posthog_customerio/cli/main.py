@@ -7,21 +7,30 @@ option or input at fault; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from posthog_customerio import __version__, logs
-from posthog_customerio.errors import ConfigError, ConnectorError, InputError
+from posthog_customerio.cli.backfill import backfill as backfill_cmd
+from posthog_customerio.cli.common import (
+    ConfigOpt,
+    DatabaseUrlOpt,
+    DataDirOpt,
+    PluginOpt,
+    err,
+    fail,
+    out,
+    parse_since,
+    settings_from,
+)
+from posthog_customerio.errors import ConnectorError, InputError
 from posthog_customerio.settings import (
     Settings,
     load_settings,
@@ -42,40 +51,7 @@ app = typer.Typer(
 dead_letters_app = typer.Typer(help="Inspect and resend what Customer.io rejected.")
 app.add_typer(dead_letters_app, name="dead-letters")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 _debug = False
-
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file.", show_default=False)
-]
-PluginOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--plugin-config",
-        help="The PostHog Customer.io app's config (plugin.json keys) to import.",
-        show_default=False,
-    ),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Where the SQLite queue lives.", show_default=False),
-]
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def settings_from(config: Path | None, plugin_config: Path | None, **cli: Any) -> Settings:
-    try:
-        return load_settings(cli=cli, config_file=config, plugin_config=plugin_config)
-    except ConfigError as exc:
-        err.print("[bold red]error:[/] invalid configuration:")
-        for problem in exc.problems:
-            err.print(f"  - {problem}")
-        raise typer.Exit(2) from None
 
 
 @app.callback()
@@ -104,7 +80,7 @@ def serve(
         bool,
         typer.Option("--insecure-no-auth", help="Allow a public bind without a webhook secret."),
     ] = False,
-    database_url: Annotated[str | None, typer.Option("--database-url", show_default=False)] = None,
+    database_url: DatabaseUrlOpt = None,
     log_format: Annotated[
         str | None, typer.Option("--log-format", help="text or json.", show_default=False)
     ] = None,
@@ -195,7 +171,28 @@ def sandbox_cmd(
     """A local Customer.io Track API that validates against the official spec."""
     from posthog_customerio.customerio.sandbox import SandboxConfig, run_sandbox
 
-    logs.configure("text", secrets=[api_key])
+    out_of_range = [
+        f"{flag} {value}: {rule}"
+        for flag, value, ok, rule in (
+            ("--port", port, 0 <= port <= 65535, "must be between 0 and 65535"),
+            ("--fail-rate", fail_rate, 0 <= fail_rate <= 1, "must be between 0 and 1"),
+            ("--fail-status", fail_status, 100 <= fail_status <= 599, "must be 100-599"),
+            (
+                "--rate-limit-rps",
+                rate_limit_rps,
+                rate_limit_rps is None or rate_limit_rps > 0,
+                "must be > 0 (leave it out for no limit)",
+            ),
+            ("--retry-after-secs", retry_after_secs, retry_after_secs >= 0, "must be >= 0"),
+            ("--latency-ms", latency_ms, latency_ms >= 0, "must be >= 0"),
+        )
+        if not ok
+    ]
+    if out_of_range:
+        fail("; ".join(out_of_range), 2)
+    # The sandbox's own default key is well known, not a secret; redacting it would blank
+    # every "sandbox" in the log. A key the user chose is redacted everywhere.
+    logs.configure("text", secrets=[] if api_key == SandboxConfig().api_key else [api_key])
     cfg = SandboxConfig(
         site_id=site_id,
         api_key=api_key,
@@ -210,31 +207,20 @@ def sandbox_cmd(
     run_sandbox(host, port, cfg)
 
 
-def _since(value: str | None) -> float | None:
-    """``30m``, ``2h``, ``1d`` ago, or an ISO 8601 time."""
-    if value is None:
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
-    if m:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return time.time() - float(m.group(1)) * scale
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        fail(f"--since {value!r}: use an ISO 8601 time or a duration like 30m, 2h, 1d", 2)
-
-
 @app.command()
 def status(
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
     host: Annotated[str | None, typer.Option(help="Where serve listens.")] = None,
     port: Annotated[int | None, typer.Option(help="Where serve listens.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Queue depth, oldest pending age, delivered, dead-lettered, last error."""
-    settings = settings_from(config, plugin_config, data_dir=data_dir, host=host, port=port)
+    settings = settings_from(
+        config, plugin_config, data_dir=data_dir, database_url=database_url, host=host, port=port
+    )
     shown_host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     snapshot: dict[str, Any]
     try:
@@ -275,45 +261,17 @@ def status(
 def migrate(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
 ) -> None:
-    """Bring the queue's schema up to date (serve also does it on start-up)."""
-    settings = settings_from(config, None, data_dir=data_dir)
-    applied = asyncio.run(_migrate(settings.effective_database_url))
+    """Create the queue or bring its schema up to date (serve also does it on start-up)."""
+    from posthog_customerio.runtime import store_location
+
+    settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
+    applied = asyncio.run(store_location(settings).migrate())
     if applied:
         out.print(f"applied migration(s) {', '.join(map(str, applied))}")
     else:
         out.print("the schema is up to date")
-
-
-async def _migrate(url: str) -> list[int]:
-    from posthog_customerio.runtime import is_postgres, sqlite_path
-
-    if is_postgres(url):
-        import asyncpg
-
-        from posthog_customerio.errors import QueueUnavailable
-        from posthog_customerio.queue import postgres
-
-        try:
-            conn = await asyncpg.connect(url, timeout=postgres.CONNECT_TIMEOUT_SECS)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-            raise QueueUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
-        try:
-            return await postgres.apply_migrations(conn)
-        finally:
-            await conn.close()
-    import sqlite3
-
-    from posthog_customerio.queue import sqlite as sqlite_queue
-
-    path = sqlite_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn_sqlite = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn_sqlite.execute("PRAGMA busy_timeout = 5000")
-        return sqlite_queue.apply_migrations(conn_sqlite)
-    finally:
-        conn_sqlite.close()
 
 
 def _is_json(data: bytes) -> bool:
@@ -385,14 +343,11 @@ def explain(
 
 
 def _queue_call(settings: Settings, fn: Any) -> Any:
-    from posthog_customerio.runtime import open_queue
+    from posthog_customerio.runtime import store_location
 
     async def go() -> Any:
-        queue = open_queue(settings, owner=False)
-        try:
+        async with store_location(settings).opened() as queue:
             return await fn(queue)
-        finally:
-            await queue.close()
 
     return asyncio.run(go())
 
@@ -410,6 +365,7 @@ SinceOpt = Annotated[
 def dl_list(
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
@@ -418,8 +374,8 @@ def dl_list(
     """List dead letters, newest first."""
     from posthog_customerio import admin
 
-    settings = settings_from(config, None, data_dir=data_dir)
-    after = _since(since)
+    settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
+    after = parse_since(since)
     rows = _queue_call(
         settings, lambda q: admin.list_dead_letters(q, reason=reason, since=after, limit=limit)
     )
@@ -441,11 +397,12 @@ def dl_show(
     dead_letter_id: Annotated[int, typer.Argument(help="The id from `list`.")],
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
 ) -> None:
     """Everything about one dead letter: the operation, the request, the response."""
     from posthog_customerio import admin
 
-    settings = settings_from(config, None, data_dir=data_dir)
+    settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
     letter = _queue_call(settings, lambda q: admin.show_dead_letter(q, dead_letter_id))
     if letter is None:
         fail(f"no dead letter with id {dead_letter_id}", 1)
@@ -460,7 +417,7 @@ def _select(ids: list[int] | None, all_: bool, reason: str | None, since: str | 
         return Selection(ids=tuple(ids))
     if not (all_ or reason or since):
         fail("name dead-letter ids, or select with --all / --reason / --since", 2)
-    return Selection(reason=reason, since=_since(since))
+    return Selection(reason=reason, since=parse_since(since))
 
 
 @dead_letters_app.command("replay")
@@ -471,11 +428,12 @@ def dl_replay(
     since: SinceOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
 ) -> None:
     """Re-enqueue dead letters with their original event ids (nothing duplicates)."""
     from posthog_customerio import admin
 
-    settings = settings_from(config, None, data_dir=data_dir)
+    settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
     chosen = _select(ids, all_, reason, since)
     n = _queue_call(settings, lambda q: admin.replay(q, chosen, via="cli"))
     out.print(f"replayed {n} dead letter(s); the running server delivers them")
@@ -489,11 +447,12 @@ def dl_purge(
     since: SinceOpt = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
 ) -> None:
     """Delete dead letters for good."""
     from posthog_customerio import admin
 
-    settings = settings_from(config, None, data_dir=data_dir)
+    settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
     chosen = _select(ids, all_, reason, since)
     n = _queue_call(settings, lambda q: admin.purge(q, chosen, via="cli"))
     out.print(f"purged {n} dead letter(s)")
@@ -531,6 +490,7 @@ def forget(
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
+    database_url: DatabaseUrlOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Delete a person in Customer.io and everything the connector keeps about them (GDPR).
@@ -545,7 +505,7 @@ def forget(
     ids = [d for d in distinct_ids if d]
     if not ids:
         fail("name at least one non-empty distinct_id", 2)
-    settings = settings_from(config, plugin_config, data_dir=data_dir)
+    settings = settings_from(config, plugin_config, data_dir=data_dir, database_url=database_url)
     forgetter = EventMapper(settings.mapping_rules())
     result = _queue_call(
         settings, lambda q: admin.forget(q, forgetter, ids, suppress=suppress, via="cli")
@@ -569,8 +529,6 @@ def main() -> None:
         sys.exit(130)
 
 
-from posthog_customerio.cli.backfill import backfill as _backfill  # noqa: E402
-
-app.command("backfill")(_backfill)
+app.command("backfill")(backfill_cmd)  # last, where `--help` has always listed it
 
 __all__ = ["app", "main"]

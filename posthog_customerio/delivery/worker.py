@@ -37,7 +37,7 @@ from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.operation import Endpoint
 from posthog_customerio.metrics import Metrics
-from posthog_customerio.queue.base import ClaimedOperation, Lane, Queue, Rejection
+from posthog_customerio.queue.base import ClaimedOperation, DeliveryQueue, Lane, Rejection
 from posthog_customerio.settings import DeliverySettings
 
 logger = logging.getLogger("posthog_customerio.delivery")
@@ -53,7 +53,7 @@ class DeliveryWorker:
 
     def __init__(
         self,
-        queue: Queue,
+        queue: DeliveryQueue,
         client: TrackClient,
         limiter: RateLimiter,
         settings: DeliverySettings,
@@ -202,14 +202,11 @@ class DeliveryWorker:
         return ops
 
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
-        """Until the queue signals new work (if it can), a claim settles, or a poll interval."""
-        wait_for_work = getattr(self._queue, "wait_for_work", None)
-        if wait_for_work is not None:
-            waiting: Awaitable[Any] = wait_for_work(WAIT_FOR_WORK_MAX_SECS)
-        else:
-            waiting = asyncio.sleep(self._idle_poll_secs)
+        """Until the queue signals new work, a claim settles, or a poll interval."""
         try:
-            await self._race_stop(waiting, stop, self._settled)
+            await self._race_stop(
+                self._queue.wait_for_work(WAIT_FOR_WORK_MAX_SECS), stop, self._settled
+            )
         except Exception:
             logger.exception("waiting for work failed")
             await self._race_stop(asyncio.sleep(self._idle_poll_secs), stop)
@@ -402,7 +399,7 @@ class DeliveryWorker:
         )
         delay = max(outcome.retry_after or 0.0, backoff)
         await self._queue.retry([op.id for op in live], now + delay, outcome.detail)
-        self._forget(live)
+        self._untrack(live)
         blocked.update(op.partition for op in live)
         self._metrics.operations_retried.labels(outcome.reason).inc(len(live))
         self._state.retried += len(live)
@@ -470,7 +467,7 @@ class DeliveryWorker:
         if not ops:
             return
         await self._queue.ack([op.id for op in ops])
-        self._forget(ops)
+        self._untrack(ops)
         now = self._clock()
         m = self._metrics
         for action, n in Counter(op.action for op in ops).items():  # one increment per action
@@ -504,9 +501,10 @@ class DeliveryWorker:
         if not ops:
             return
         await self._queue.release([op.id for op in ops])
-        self._forget(ops)
+        self._untrack(ops)
 
-    def _forget(self, ops: Sequence[ClaimedOperation]) -> None:
+    def _untrack(self, ops: Sequence[ClaimedOperation]) -> None:
+        """Drop settled operations from ``_claimed`` (what close gives back); not GDPR forget."""
         for op in ops:
             self._claimed.pop(op.id, None)
 

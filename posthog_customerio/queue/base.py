@@ -8,14 +8,13 @@ and new state" is one atomic step.
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import Mapper
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.sources.event import PostHogEvent
 
@@ -40,29 +39,6 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class MappingOutcome:
-    """What the injected mapper returns for one event (see ``mapping.mapper``)."""
-
-    states: Mapping[str, IdentityState]
-    operations: Sequence[Operation]
-    dropped: str | None = None  # reason, a stable metric label such as "not_in_allowlist"
-    truncations: Mapping[str, int] = field(default_factory=dict)  # kind -> count
-    notes: Sequence[str] = ()  # human-readable, for explain and logs
-
-
-class Mapper(Protocol):
-    """Pure mapping, as the queue calls it inside its transaction."""
-
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
-        """The distinct_ids whose state the mapping of ``event`` reads."""
-        ...
-
-    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
-        """Decide the operations for ``event`` given the loaded states."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
 class IngestResult:
     """Counts for one ingest call.
 
@@ -79,50 +55,6 @@ class IngestResult:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
-
-
-@dataclass(slots=True)
-class PendingIngest:
-    """One ``ingest`` call waiting to be written, with the future its caller awaits: both
-    queues collect these so that concurrent calls share one transaction."""
-
-    events: Sequence[PostHogEvent]
-    mapper: Mapper
-    lane: Lane
-    checkpoint: Checkpoint | None
-    future: asyncio.Future[IngestResult]
-
-
-@dataclass(slots=True)
-class IngestTally:
-    """The counts of one ingest call, added up event by event; both queues use it so the
-    counting rules live in one place."""
-
-    accepted: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    actions: Counter[str] = field(default_factory=Counter)
-    truncations: Counter[str] = field(default_factory=Counter)
-
-    def add(self, outcome: MappingOutcome) -> None:
-        """Count one mapped event: its operations, or why it produced none."""
-        for op in outcome.operations:
-            self.actions[op.action] += 1
-        if outcome.operations:
-            self.accepted += 1
-        if outcome.dropped is not None:
-            self.dropped[outcome.dropped] += 1
-        elif not outcome.operations:
-            self.dropped["nothing_to_send"] += 1
-        if outcome.truncations:
-            self.truncations.update(outcome.truncations)
-
-    def result(self) -> IngestResult:
-        return IngestResult(
-            accepted=self.accepted,
-            dropped=dict(self.dropped),
-            actions=dict(self.actions),
-            truncations=dict(self.truncations),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,8 +152,23 @@ class Forgetter(Protocol):
     ) -> Sequence[Operation]: ...
 
 
-class Queue(Protocol):
-    """Durable operations, identity state, event dedup and dead letters."""
+class QueueLifecycle(Protocol):
+    """Open → ``start`` → use → ``close``, the same for both stores (see ``queue.location``)."""
+
+    async def start(self) -> None:
+        """Connect; as owner also create or migrate the schema, recover what a crashed owner
+        left and register as the serving process. Idempotent; call it before anything else
+        (a non-owner on a store that does not exist raises ``StoreNotFound``)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish the writes in progress, give back this process's claims, disconnect;
+        idempotent."""
+        ...
+
+
+class IngestQueue(Protocol):
+    """What ingest (webhooks, backfill, follow) and its upkeep call."""
 
     async def ingest(
         self,
@@ -241,6 +188,14 @@ class Queue(Protocol):
     async def get_checkpoint(self, source: str) -> str | None:
         """The last committed position of ``source``, or None."""
         ...
+
+    async def prune_seen(self, older_than: float) -> int:
+        """Forget dedup uuids first seen before ``older_than`` (Unix time); returns how many."""
+        ...
+
+
+class DeliveryQueue(Protocol):
+    """What the delivery worker calls: claim a batch, settle it, wait for more."""
 
     async def claim(
         self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
@@ -272,11 +227,14 @@ class Queue(Protocol):
         """Move operations to the dead-letter table with their reason."""
         ...
 
-    async def stats(self, now: float) -> QueueStats: ...
-
-    async def workers(self) -> list[WorkerInfo]:
-        """The live serving processes sharing this queue, each with its partitions."""
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Sleep until this process adds pending work (ingest, replay, release); False after
+        ``timeout``. Work added by other processes is not signalled: poll with a timeout."""
         ...
+
+
+class AdminQueue(Protocol):
+    """What operators call (CLI and web admin): dead letters and GDPR erasure."""
 
     async def list_dead_letters(
         self, reason: str | None = None, since: float | None = None, limit: int = 100
@@ -296,10 +254,6 @@ class Queue(Protocol):
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int: ...
 
-    async def prune_seen(self, older_than: float) -> int:
-        """Forget dedup uuids first seen before ``older_than`` (Unix time); returns how many."""
-        ...
-
     async def forget(
         self,
         distinct_ids: Sequence[str],
@@ -316,4 +270,17 @@ class Queue(Protocol):
         """
         ...
 
-    async def close(self) -> None: ...
+
+class StatusQueue(Protocol):
+    """What status (page, API, CLI, metrics) reads."""
+
+    async def stats(self, now: float) -> QueueStats: ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """The live serving processes sharing this queue, each with its partitions."""
+        ...
+
+
+class Queue(QueueLifecycle, IngestQueue, DeliveryQueue, AdminQueue, StatusQueue, Protocol):
+    """Durable operations, identity state, event dedup and dead letters: every role at once,
+    as both stores (``SQLiteQueue``, ``PostgresQueue``) provide them."""

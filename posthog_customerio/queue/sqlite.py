@@ -27,36 +27,38 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from importlib import resources
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import orjson
 
-from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.errors import QueueUnavailable, StoreNotFound
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.queue import plan
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
-    Checkpoint,
     ClaimedOperation,
     DeadLetter,
     ForgetResult,
     Forgetter,
     IngestResult,
-    IngestTally,
     Lane,
-    Mapper,
-    PendingIngest,
     QueueStats,
     Rejection,
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
-from posthog_customerio.queue.forget import body_names, names_of, needles
-from posthog_customerio.sources.event import PostHogEvent
+from posthog_customerio.queue.forget import Erasure
+from posthog_customerio.queue.group_commit import (
+    GroupCommittedIngest,
+    PendingIngest,
+    settle,
+    take_waiting,
+)
+from posthog_customerio.queue.migrations import migrations
+from posthog_customerio.queue.rows import claimed_from_row, dead_letter_from_row
 
-__all__ = ["SQLiteQueue", "apply_migrations", "migrations", "owner_running"]
+__all__ = ["SQLiteQueue", "apply_migrations", "migrate_file", "owner_running"]
 
 T = TypeVar("T")
 
@@ -90,19 +92,6 @@ def _translate(exc: BaseException) -> BaseException:
 # --- migrations ----------------------------------------------------------------------------
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of ``sql/sqlite/NNNN_*.sql``, in order, numbered 1..n."""
-    root = resources.files("posthog_customerio.queue").joinpath("sql", "sqlite")
-    found = sorted(
-        (int(entry.name[:4]), entry.name, entry.read_text(encoding="utf-8"))
-        for entry in root.iterdir()
-        if entry.name.endswith(".sql") and entry.name[:4].isdigit()
-    )
-    if [version for version, _, _ in found] != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"sqlite migrations are not numbered 1..n: {[n for _, n, _ in found]}")
-    return found
-
-
 def _statements(script: str) -> Iterator[str]:
     """Split a migration into statements; sqlite3.complete_statement understands triggers."""
     buffer = ""
@@ -126,7 +115,7 @@ def apply_migrations(conn: sqlite3.Connection) -> list[int]:
         conn.execute(q.CREATE_SCHEMA_VERSION)
         current = int(conn.execute(q.CURRENT_SCHEMA_VERSION).fetchone()[0])
         applied = []
-        for version, name, script in migrations():
+        for version, name, script in migrations("sqlite"):
             if version <= current:
                 continue
             for statement in _statements(script):
@@ -144,6 +133,27 @@ def _schema_version(conn: sqlite3.Connection) -> int:
     if conn.execute(q.SCHEMA_VERSION_EXISTS).fetchone() is None:
         return 0
     return int(conn.execute(q.CURRENT_SCHEMA_VERSION).fetchone()[0])
+
+
+def migrate_file(path: Path, busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS) -> list[int]:
+    """Create (folder and file) or migrate the queue at ``path`` in WAL mode, as its owner
+    would, without taking the owner lock: safe beside a running ``serve``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise QueueUnavailable(f"cannot open the queue at {path}: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        return apply_migrations(conn)
+    except sqlite3.Error as exc:
+        translated = _translate(exc)
+        if translated is exc:
+            raise
+        raise translated from exc
+    finally:
+        conn.close()
 
 
 def _setup(path: Path, owner: bool, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -176,7 +186,7 @@ def _setup(path: Path, owner: bool, busy_timeout_ms: int) -> sqlite3.Connection:
             conn.execute(q.RESET_CLAIMED_PARTITIONS)
             conn.execute("COMMIT")
         else:
-            have, want = _schema_version(conn), len(migrations())
+            have, want = _schema_version(conn), len(migrations("sqlite"))
             if have != want:
                 raise QueueUnavailable(
                     f"the queue at {path} has schema version {have}, this version needs {want}; "
@@ -257,6 +267,8 @@ class _Writer:
         with self._lock:
             if self._closed:
                 raise QueueUnavailable("the queue is closed")
+            if not self._thread.is_alive():
+                raise QueueUnavailable("the queue is not started")
             self._jobs.put(_Job(fn, loop, future, write, on_orphan))
         return future
 
@@ -285,16 +297,7 @@ class _Writer:
                 first = self._jobs.get()
                 if first is None:
                     break
-                batch = [first]
-                while len(batch) < GROUP_COMMIT_MAX_JOBS:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    batch.append(job)
+                batch, stopping = take_waiting(first, self._jobs.get_nowait, GROUP_COMMIT_MAX_JOBS)
                 self._run_batch(conn, batch)
         finally:
             conn.close()
@@ -377,163 +380,65 @@ class _Checkpointer:
 _Row = tuple[Any, ...]
 
 
-def _store_operation(
-    conn: sqlite3.Connection,
-    op: Operation,
-    event_uuid: str,
-    now: float,
-    lane: Lane,
-    known_partitions: set[str],
+def _insert_operations(
+    conn: sqlite3.Connection, rows: Sequence[plan.OperationRow], now: float
 ) -> None:
-    """Insert one operation; register its partition the first time this job sees it."""
-    body = orjson.dumps(op.body)
-    cursor = conn.execute(
-        q.INSERT_OPERATION,
-        (op.partition, op.endpoint.value, op.action, body, len(body), event_uuid, now, lane.value),
-    )
-    conn.execute(q.OPERATIONS_ADDED, (1,))
-    if op.partition not in known_partitions:
-        conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, lane.value))
-        known_partitions.add(op.partition)
+    """Insert ``rows`` in order and register the partitions they start.
 
-
-_Outcome = tuple[IngestResult | None, BaseException | None]
-
-
-def _ingest_isolated(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[_Outcome]:
-    """All waiting calls in one pass; if that fails, each alone, so a bad call fails only itself.
-
-    The pass over all of them is what makes single-event webhooks cheap under load: one set of
-    statements per group of requests instead of one per request.
+    The writer numbers the rows itself (it is the only writer inside BEGIN IMMEDIATE), so it
+    knows each partition's head without reading ``lastrowid`` row by row.
     """
-    conn.execute("SAVEPOINT ingest")
-    try:
-        results = _ingest(calls, conn)
-    except Exception as exc:
-        if not conn.in_transaction:
-            raise  # SQLite rolled the whole transaction back: the writer fails the batch
-        conn.execute("ROLLBACK TO ingest")
-        conn.execute("RELEASE ingest")
-        if len(calls) == 1:
-            return [(None, _translate(exc))]
-        return [outcome for call in calls for outcome in _ingest_isolated([call], conn)]
-    conn.execute("RELEASE ingest")
-    return [(result, None) for result in results]
+    if not rows:
+        return
+    first_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
+    conn.executemany(
+        q.INSERT_OPERATION_WITH_ID,
+        [
+            (op_id, partition, endpoint, action, body, size, event_uuid, now, lane)
+            for op_id, (partition, endpoint, action, body, size, event_uuid, lane) in enumerate(
+                rows, first_id
+            )
+        ],
+    )
+    conn.execute(q.OPERATIONS_ADDED, (len(rows),))
+    heads = plan.partition_heads((op_id, row[0]) for op_id, row in enumerate(rows, first_id))
+    conn.executemany(
+        q.ADD_PARTITION, [(key, head, rows[head - first_id][6]) for key, head in heads.items()]
+    )
 
 
-def _ingest(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[IngestResult]:
-    """Map and store the events of ``calls`` in order, set-at-a-time.
+def _ingest(
+    calls: Sequence[PendingIngest], conn: sqlite3.Connection
+) -> list[IngestResult | Exception]:
+    """Plan the waiting calls together (``queue.plan``) and write the plan set-at-a-time.
 
     Per-row statements were the largest cost of batched webhooks (every ``execute`` is a trip
     through the sqlite3 module and a statement reset): here the uuids already seen and the
     identity states are read with one statement each and the rows written with
     ``executemany``, a fixed number of statements however many events and calls there are.
-    Later calls see the uuids and identity states of earlier ones, as if run one by one.
     """
     now = time.time()
-    seen = {
-        row[0]
-        for row in conn.execute(
-            q.SEEN_AMONG, (_json_array(e.uuid for call in calls for e in call.events),)
-        )
-    }
-    fresh: list[list[PostHogEvent]] = []
-    duplicates: list[int] = []
-    new_uuids: list[tuple[str, float]] = []
-    for call in calls:
-        kept: list[PostHogEvent] = []
-        for event in call.events:
-            if event.uuid not in seen:  # else seen before, or earlier in these same calls
-                seen.add(event.uuid)
-                kept.append(event)
-                new_uuids.append((event.uuid, now))
-        fresh.append(kept)
-        duplicates.append(len(call.events) - len(kept))
-    conn.executemany(q.MARK_SEEN, new_uuids)
-
-    related = [
-        [call.mapper.related_ids(event) for event in kept]
-        for call, kept in zip(calls, fresh, strict=True)
-    ]
-    wanted = {distinct_id for per_call in related for ids in per_call for distinct_id in ids}
-    stored: dict[str, IdentityState] = {  # as read from the table, to write only changes
+    read = plan.reads(calls)
+    seen = {row[0] for row in conn.execute(q.SEEN_AMONG, (_json_array(read.uuids),))}
+    stored = {
         distinct_id: decode_state(raw)
-        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(wanted),))
+        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(read.distinct_ids),))
     }
-    blank = IdentityState()
-    current = {distinct_id: stored.get(distinct_id, blank) for distinct_id in wanted}
-
-    next_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
-    rows: list[tuple[Any, ...]] = []
-    heads: dict[str, tuple[int, str]] = {}  # partition → its first operation (id, lane) here
-    results: list[IngestResult] = []
-    for call, kept, per_call, duplicate in zip(calls, fresh, related, duplicates, strict=True):
-        mapper, lane = call.mapper, call.lane.value
-        tally = IngestTally()
-        if duplicate:
-            tally.dropped["duplicate"] = duplicate
-        for event, ids in zip(kept, per_call, strict=True):
-            outcome = mapper.map(event, {distinct_id: current[distinct_id] for distinct_id in ids})
-            current.update(outcome.states)
-            for op in outcome.operations:
-                body = orjson.dumps(op.body)
-                rows.append(
-                    (
-                        next_id,
-                        op.partition,
-                        op.endpoint.value,
-                        op.action,
-                        body,
-                        len(body),
-                        op.event_uuid or event.uuid,
-                        now,
-                        lane,
-                    )
-                )
-                if op.partition not in heads:
-                    heads[op.partition] = (next_id, lane)
-                next_id += 1
-            tally.add(outcome)
-        results.append(tally.result())
-    conn.executemany(q.INSERT_OPERATION_WITH_ID, rows)
-    if rows:
-        conn.execute(q.OPERATIONS_ADDED, (len(rows),))
-    conn.executemany(q.ADD_PARTITION, [(key, *head) for key, head in heads.items()])
+    planned = plan.plan(calls, read, seen, stored)
+    conn.executemany(q.MARK_SEEN, [(uuid, now) for uuid in planned.new_uuids])
+    _insert_operations(conn, planned.rows, now)
     conn.executemany(
         q.PUT_IDENTITY,
-        [
-            (distinct_id, encode_state(state), now)
-            for distinct_id, state in current.items()
-            if stored.get(distinct_id, blank) != state
-        ],
+        [(distinct_id, encode_state(state), now) for distinct_id, state in planned.states.items()],
     )
-    for call in calls:  # in this savepoint: committed with the operations or not at all
-        if call.checkpoint is not None:
-            checkpoint = call.checkpoint
-            conn.execute(q.PUT_CHECKPOINT, (checkpoint.source, checkpoint.position, now))
-    return results
+    for source, position in planned.checkpoints.items():  # committed with the rows, or not
+        conn.execute(q.PUT_CHECKPOINT, (source, position, now))
+    return planned.results
 
 
 def _json_array(values: Iterable[str]) -> str:
     """A JSON array of strings, the one parameter of the ``json_each`` lookups."""
     return orjson.dumps(list(values)).decode()
-
-
-_ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}  # Endpoint(x) is slow
-
-
-def _claimed(row: _Row) -> ClaimedOperation:
-    op_id, partition, endpoint, action, body, _size, attempts, enqueued_at, event_uuid = row
-    return ClaimedOperation(
-        id=op_id,
-        partition=partition,
-        endpoint=_ENDPOINTS[endpoint],
-        action=action,
-        body_json=bytes(body),
-        attempts=attempts,
-        enqueued_at=enqueued_at,
-        event_uuid=event_uuid,
-    )
 
 
 def _claim(
@@ -712,46 +617,18 @@ def _dead_letter(rejections: Sequence[Rejection], conn: sqlite3.Connection) -> N
     _settle_partitions(conn, _touch(conn, list(by_id), move))
 
 
-def _dead_letter_row(row: _Row) -> DeadLetter:
-    (dl_id, op_id, partition, endpoint, action, body, reason, detail, request, response) = row[:10]
-    status, created_at, event_uuid = row[10:]
-    return DeadLetter(
-        id=dl_id,
-        op_id=op_id,
-        partition=partition,
-        endpoint=Endpoint(endpoint),
-        action=action,
-        body_json=bytes(body),
-        reason=reason,
-        detail=detail,
-        request=request,
-        response=response,
-        status=status,
-        created_at=created_at,
-        event_uuid=event_uuid,
-    )
-
-
 def _replay(ids: Sequence[int], conn: sqlite3.Connection) -> int:
-    now = time.time()
-    replayed = 0
-    known_partitions: set[str] = set()
+    rows: list[plan.OperationRow] = []
     for dl_id in sorted(set(ids)):
         row = conn.execute(q.GET_DEAD_LETTER_FOR_REPLAY, (dl_id,)).fetchone()
         if row is None:
             continue
         partition, endpoint, action, body, event_uuid = row
-        cursor = conn.execute(  # a replay is an operator asking for it now: the live lane
-            q.INSERT_OPERATION,
-            (partition, endpoint, action, body, len(body), event_uuid, now, Lane.LIVE.value),
-        )
-        conn.execute(q.OPERATIONS_ADDED, (1,))
-        if partition not in known_partitions:
-            conn.execute(q.ADD_PARTITION, (partition, cursor.lastrowid, Lane.LIVE.value))
-            known_partitions.add(partition)
+        # a replay is an operator asking for it now: the live lane
+        rows.append((partition, endpoint, action, body, len(body), event_uuid, Lane.LIVE.value))
         conn.execute(q.DELETE_DEAD_LETTER, (dl_id,))
-        replayed += 1
-    return replayed
+    _insert_operations(conn, rows, time.time())
+    return len(rows)
 
 
 def _purge(ids: Sequence[int], conn: sqlite3.Connection) -> int:
@@ -772,8 +649,7 @@ def _forget(
         row = conn.execute(q.GET_IDENTITY, (distinct_id,)).fetchone()
         if row is not None:
             states[distinct_id] = decode_state(row[0])
-    ids, emails = names_of(targets, states)
-    search = needles(targets, states)
+    erasure = Erasure.of(targets, states)
 
     doomed: dict[int, str] = {}  # op id -> partition; claimed ones are left to deliver
     in_flight: set[int] = set()
@@ -782,11 +658,11 @@ def _forget(
         for distinct_id in targets
         for op_id, claimed in conn.execute(q.PARTITION_OPERATIONS, (distinct_id,)).fetchall()
     ]
-    for needle in search:
+    for needle in erasure.needles:
         for op_id, partition, body, claimed in conn.execute(
             q.OPERATIONS_CONTAINING, (needle,)
         ).fetchall():
-            if partition not in ids and body_names(bytes(body), ids, emails):
+            if partition not in erasure.ids and erasure.mentioned_in(bytes(body)):
                 found.append((op_id, partition, claimed))
     for op_id, partition, claimed in found:
         if claimed:
@@ -799,30 +675,25 @@ def _forget(
     letters: set[int] = set()
     for distinct_id in targets:
         letters.update(row[0] for row in conn.execute(q.PARTITION_DEAD_LETTERS, (distinct_id,)))
-    for needle in search:
+    for needle in erasure.needles:
         for dl_id, body in conn.execute(q.DEAD_LETTERS_CONTAINING, (needle,)).fetchall():
-            if dl_id not in letters and body_names(bytes(body), ids, emails):
+            if dl_id not in letters and erasure.mentioned_in(bytes(body)):
                 letters.add(dl_id)
     conn.executemany(q.DELETE_DEAD_LETTER, ((dl_id,) for dl_id in letters))
 
     identities = 0
-    enqueued = 0
-    partitions: set[str] = set()
     for distinct_id in targets:
         identities += conn.execute(q.DELETE_IDENTITY, (distinct_id,)).rowcount
         conn.execute(q.RECORD_FORGOTTEN, (distinct_id, now))
-        for op in forgetter.forget_operations(
-            distinct_id, states.get(distinct_id), suppress=suppress
-        ):
-            _store_operation(conn, op, op.event_uuid, now, Lane.LIVE, partitions)
-            enqueued += 1
+    ops = erasure.operations(forgetter, suppress=suppress)
+    _insert_operations(conn, [plan.operation_row(op, Lane.LIVE.value) for op in ops], now)
     return ForgetResult(
         distinct_ids=tuple(targets),
         identities=identities,
         operations=len(doomed),
         dead_letters=len(letters),
         in_flight=len(in_flight),
-        enqueued=enqueued,
+        enqueued=len(ops),
     )
 
 
@@ -871,20 +742,32 @@ def owner_running(path: Path) -> bool:
         os.close(fd)
 
 
-class SQLiteQueue:
-    """The ``Queue`` on one SQLite file. Create with :meth:`open`; close with :meth:`close`."""
+class SQLiteQueue(GroupCommittedIngest):
+    """The ``Queue`` on one SQLite file. Construct (no I/O), :meth:`start`, :meth:`close`;
+    :meth:`open` constructs and starts at once."""
 
     def __init__(
         self,
         path: Path,
-        writer: _Writer,
-        lock_fd: int | None,
-        checkpointer: _Checkpointer | None,
+        *,
+        owner: bool = True,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> None:
-        self.path = path
-        self._writer = writer
-        self._checkpointer = checkpointer
-        self._lock_fd = lock_fd
+        """``owner=True`` is the serving process: it creates the file, holds ``<path>.lock``
+        until close and gives back the claims a crashed predecessor left. ``owner=False`` is
+        for CLI commands run beside a live server: no lock, no claim reset, no migration, and
+        the file must exist (:class:`StoreNotFound` otherwise; nothing is created)."""
+        self.path = Path(path)
+        self.owner = owner
+        self._writer = _Writer(
+            partial(_setup, self.path, owner, busy_timeout_ms),
+            name=f"sqlite-queue:{self.path.name}",
+        )
+        self._checkpointer: _Checkpointer | None = None
+        self._lock_fd: int | None = None
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._closed = False
         self._opened_at = time.time()
         self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -901,31 +784,39 @@ class SQLiteQueue:
         owner: bool = True,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
     ) -> SQLiteQueue:
-        """Open (and as owner create, migrate and recover) the queue; starts the writer.
+        """Construct and start, from synchronous code (tests, benchmarks)."""
+        queue = cls(path, owner=owner, busy_timeout_ms=busy_timeout_ms)
+        queue._start()
+        return queue
 
-        ``owner=True`` is the serving process: it holds ``<path>.lock`` until close and gives
-        back the claims a crashed predecessor left. ``owner=False`` is for CLI commands run
-        beside a live server: no lock, no claim reset, no migration.
-        """
-        path = Path(path)
-        lock_fd: int | None = None
-        if owner:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock_fd = _take_owner_lock(path)
-        writer = _Writer(
-            partial(_setup, path, owner, busy_timeout_ms), name=f"sqlite-queue:{path.name}"
-        )
-        try:
-            writer.start()
-        except BaseException:
-            if lock_fd is not None:
-                os.close(lock_fd)
-            raise
-        checkpointer = None
-        if owner:
-            checkpointer = _Checkpointer(path, CHECKPOINT_INTERVAL_SECS)
-            checkpointer.start()
-        return cls(path, writer, lock_fd, checkpointer)
+    async def start(self) -> None:
+        """Open the file and start the writer thread; as owner, create the folder and the
+        file, take the owner lock, migrate and recover claims first. Idempotent."""
+        await asyncio.to_thread(self._start)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._started:
+                return
+            if self._closed:
+                raise QueueUnavailable("the queue is closed")
+            if self.owner:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = _take_owner_lock(self.path)
+            elif not self.path.exists():
+                raise StoreNotFound(f"the SQLite file {self.path.absolute()}")
+            try:
+                self._writer.start()
+            except BaseException:
+                if self._lock_fd is not None:
+                    os.close(self._lock_fd)
+                    self._lock_fd = None
+                raise
+            if self.owner:
+                self._checkpointer = _Checkpointer(self.path, CHECKPOINT_INTERVAL_SECS)
+                self._checkpointer.start()
+            self._opened_at = time.time()
+            self._started = True
 
     @property
     def commit_count(self) -> int:
@@ -960,18 +851,7 @@ class SQLiteQueue:
 
     # -- Queue ----------------------------------------------------------------------------
 
-    async def ingest(
-        self,
-        events: Sequence[PostHogEvent],
-        mapper: Mapper,
-        *,
-        lane: Lane = Lane.LIVE,
-        checkpoint: Checkpoint | None = None,
-    ) -> IngestResult:
-        if not events and checkpoint is None:
-            return IngestResult()
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        call = PendingIngest(list(events), mapper, lane, checkpoint, future)
+    async def _enqueue_ingest(self, call: PendingIngest) -> None:
         with self._ingest_lock:
             self._ingest_calls.append(call)
             first = len(self._ingest_calls) == 1
@@ -984,22 +864,18 @@ class SQLiteQueue:
                     self._ingest_calls.remove(call)
                 raise
             job.add_done_callback(partial(self._settle_ingests, taken))
-        result = await future
-        if result.actions:
-            self._signal_work()
-        return result
 
     def _take_and_ingest(
         self, taken: list[PendingIngest], conn: sqlite3.Connection
-    ) -> list[_Outcome]:
-        """Writer thread: every ingest call waiting right now, in one savepoint if possible."""
+    ) -> list[IngestResult | Exception]:
+        """Writer thread: every ingest call waiting right now, in this one job."""
         with self._ingest_lock:
             taken.extend(self._ingest_calls)
             self._ingest_calls = []
-        return _ingest_isolated(taken, conn)
+        return _ingest(taken, conn)
 
     def _settle_ingests(
-        self, taken: list[PendingIngest], job: asyncio.Future[list[_Outcome]]
+        self, taken: list[PendingIngest], job: asyncio.Future[list[IngestResult | Exception]]
     ) -> None:
         """Loop thread, after the COMMIT (or its failure): answer each call's caller."""
         if job.cancelled() or job.exception() is not None:
@@ -1009,16 +885,9 @@ class SQLiteQueue:
                 with self._ingest_lock:
                     taken.extend(self._ingest_calls)
                     self._ingest_calls = []
-            outcomes: list[_Outcome] = [(None, error)] * len(taken)
+            settle(taken, [error] * len(taken))
         else:
-            outcomes = job.result()
-        for call, (result, failure) in zip(taken, outcomes, strict=True):
-            if call.future.done():  # the caller gave up; what committed stays committed
-                continue
-            if failure is not None:
-                call.future.set_exception(failure)
-            else:
-                call.future.set_result(result or IngestResult())
+            settle(taken, job.result())
 
     async def get_checkpoint(self, source: str) -> str | None:
         def job(conn: sqlite3.Connection) -> str | None:
@@ -1033,7 +902,7 @@ class SQLiteQueue:
         rows = await self._writer.run(
             partial(_claim, max_ops, max_bytes, now, lanes), on_orphan=self._release_orphaned
         )
-        return [_claimed(row) for row in rows]
+        return [claimed_from_row(row) for row in rows]
 
     def _release_orphaned(self, rows: list[_Row]) -> None:
         if rows:
@@ -1095,14 +964,14 @@ class SQLiteQueue:
     ) -> list[DeadLetter]:
         def job(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(q.LIST_DEAD_LETTERS, (reason, since, limit)).fetchall()
-            return [_dead_letter_row(row) for row in rows]
+            return [dead_letter_from_row(row) for row in rows]
 
         return await self._writer.run(job, write=False)
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         def job(conn: sqlite3.Connection) -> DeadLetter | None:
             row = conn.execute(q.GET_DEAD_LETTER, (dead_letter_id,)).fetchone()
-            return _dead_letter_row(row) if row is not None else None
+            return dead_letter_from_row(row) if row is not None else None
 
         return await self._writer.run(job, write=False)
 
@@ -1163,6 +1032,8 @@ class SQLiteQueue:
 
     async def close(self) -> None:
         """Finish the queued jobs, close the connection and drop the owner lock; idempotent."""
+        with self._start_lock:
+            self._closed = True
         self._writer.stop()
         await asyncio.to_thread(self._writer.join)
         if self._checkpointer is not None:

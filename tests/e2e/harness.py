@@ -210,7 +210,11 @@ class Serve:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None, timeout: float = 60
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "posthog_customerio", *args],
@@ -220,6 +224,7 @@ def run_cli(
         env=base_env(**(env or {})),
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 

@@ -18,17 +18,17 @@ import orjson
 import pytest
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import MappingOutcome
 from posthog_customerio.queue.codec import decode_state
+from posthog_customerio.queue.migrations import migrations
 from posthog_customerio.queue.postgres import (
     PostgresQueue,
     apply_migrations,
-    migrations,
     schema_version,
 )
 from posthog_customerio.sources.event import PostHogEvent
-from tests.pg import PgServer, dsn_for
+from tests.pg import PgServer, crash, dsn_for
 from tests.unit.test_queue_contract import MAPPER, ev
 
 BIG = 10_000_000
@@ -107,7 +107,7 @@ async def migrate(url: str, target: int | None = None) -> list[int]:
 
 
 def test_migrations_are_numbered_and_more_than_one() -> None:
-    found = migrations()
+    found = migrations("postgres")
     assert [v for v, _, _ in found] == list(range(1, len(found) + 1))
     assert len(found) >= 2  # so that the migrated-vs-fresh check below compares something
 
@@ -120,8 +120,8 @@ def test_migrated_one_by_one_with_data_equals_fresh(pg_server: PgServer) -> None
 
     async def body() -> None:
         fresh_url, stepped_url = dsn_for(fresh), dsn_for(stepped)
-        assert await migrate(fresh_url) == [v for v, _, _ in migrations()]
-        for version, _, _ in migrations():
+        assert await migrate(fresh_url) == [v for v, _, _ in migrations("postgres")]
+        for version, _, _ in migrations("postgres"):
             assert await migrate(stepped_url, version) == [version]
             if version == 1:  # rows written by a version-1 install
                 conn = await asyncpg.connect(stepped_url)
@@ -187,10 +187,10 @@ def test_concurrent_starters_migrate_once(pg_server: PgServer) -> None:
     async def body() -> None:
         url = dsn_for(name)
         applied = await asyncio.gather(*(migrate(url) for _ in range(6)))
-        assert sorted(v for a in applied for v in a) == [v for v, _, _ in migrations()]
+        assert sorted(v for a in applied for v in a) == [v for v, _, _ in migrations("postgres")]
         conn = await asyncpg.connect(url)
         try:
-            assert await schema_version(conn) == len(migrations())
+            assert await schema_version(conn) == len(migrations("postgres"))
         finally:
             await conn.close()
 
@@ -228,7 +228,7 @@ def test_a_dead_workers_partitions_are_taken_over_after_the_lease(pg_url: str) -
             await a.ingest([ev("p", "p1"), ev("p", "p2"), ev("r", "r1")], MAPPER)
             claimed = await a.claim(2, BIG, time.time())
             assert [c.partition for c in claimed] == ["p", "p"]
-            await a.crash_for_tests()  # SIGKILL: no release, no more heartbeats
+            await crash(a)  # SIGKILL: no release, no more heartbeats
             assert [c.partition for c in await b.claim(100, BIG, time.time())] == ["r"]
             assert await b.claim(100, BIG, time.time()) == []  # "p" is still leased
             await asyncio.sleep(1.3)
@@ -305,9 +305,9 @@ def test_clean_close_releases_claims_and_unregisters(pg_url: str) -> None:
 
 
 class MergeMapper:
-    """Each event adds its name to the person's set_once_keys: a lost update loses a name."""
+    """Each event adds its name to the person's sent_attribute_keys: a lost update loses a name."""
 
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
         return [event.distinct_id]
 
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
@@ -315,7 +315,7 @@ class MergeMapper:
         after = replace(
             before,
             identified=before.identified or event.event.startswith("id"),
-            set_once_keys=before.set_once_keys | {event.event},
+            sent_attribute_keys=before.sent_attribute_keys | {event.event},
         )
         op = Operation(
             partition=event.distinct_id,
@@ -347,7 +347,7 @@ def test_concurrent_processes_merge_identity_state_and_dedup(pg_url: str) -> Non
             states = {r[0]: decode_state(bytes(r[1])) for r in rows}
             for user in range(4):
                 names = {e.event for e in events if e.distinct_id == f"u{user}"}
-                assert states[f"u{user}"].set_once_keys == names  # nothing lost
+                assert states[f"u{user}"].sent_attribute_keys == names  # nothing lost
                 assert states[f"u{user}"].identified  # sticky, whoever set it
         finally:
             for q in queues:

@@ -146,6 +146,11 @@ class FakeQueue:
             del self.rows[r.op_id]
         self.dead.extend(rejections)
 
+    async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """Signals nothing: the worker polls, a short sleep each time."""
+        await asyncio.sleep(min(timeout, 0.002))
+        return False
+
 
 # ------------------------------------------------------------------ fake Customer.io
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from posthog_customerio.mapping.explain import Explanation, explain
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.ids import is_illegal_id
-from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.operation import OBJECT_IDENTIFY, Endpoint, Operation
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.settings import load_settings
 from posthog_customerio.sources.event import PostHogEvent
@@ -143,7 +143,7 @@ def test_07_cookieless_send_all() -> None:
 
 def test_08_object_created_at() -> None:
     (op,) = ops(run("08-object-created-at"))
-    assert op.action == "object_identify"
+    assert op.action == OBJECT_IDENTIFY
     assert op.body["identifiers"] == {"object_type_id": "2", "object_id": "tm-3307"}
     assert op.body["attributes"]["created_at"] == 1_731_915_000
     assert type(op.body["attributes"]["created_at"]) is int

@@ -22,11 +22,10 @@ from posthog_customerio.customerio.spec import default_validator, load_spec
 from posthog_customerio.mapping.explain import Explanation, explain, format_explanation
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.limits import MAX_ITEM_BYTES
-from posthog_customerio.mapping.mapper import EventMapper
+from posthog_customerio.mapping.mapper import EventMapper, Mapper, MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import is_ulid, ulid_from_uuid
-from posthog_customerio.queue.base import Mapper, MappingOutcome
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.normalize import event_from_mapping
 from posthog_customerio.sources.webhook import parse_webhook_body
@@ -46,7 +45,7 @@ BY_EMAIL = MappingRules(identify_by_email=True)
 
 KNOWN = IdentityState(identified=True, seen=True)
 KNOWN_WITH_EMAIL = IdentityState(
-    identified=True, email="jane@example.com", seen=True, set_once_keys=frozenset({"email"})
+    identified=True, email="jane@example.com", seen=True, sent_attribute_keys=frozenset({"email"})
 )
 ANON_WITH_EMAIL = IdentityState(email="jane@example.com", seen=True)
 
@@ -103,7 +102,7 @@ _V2_SCHEMAS = {
     "page": "person_page",
     "screen": "person_screen",
     "merge": "person_merge",
-    "object_identify": "object_identify",
+    "object.identify": "object_identify",
     "add_relationships": "person_add_relationships",
     "delete": "person_delete",
     "suppress": "person_suppress",
@@ -439,7 +438,7 @@ CASES = [
                 identified=True,
                 email="person@example.com",
                 seen=True,
-                set_once_keys=frozenset({"email"}),
+                sent_attribute_keys=frozenset({"email"}),
             ),
         ),
         id="email_from_person_properties",
@@ -468,7 +467,9 @@ CASES = [
             ev("$set", set={"email": "jane at example", "plan": "x"}),
             ops=["identify"],
             check=_is({"plan": "x"}, attrs),
-            state=IdentityState(identified=True, seen=True, set_once_keys=frozenset({"plan"})),
+            state=IdentityState(
+                identified=True, seen=True, sent_attribute_keys=frozenset({"plan"})
+            ),
         ),
         id="email_invalid_is_never_sent",
     ),
@@ -552,7 +553,7 @@ CASES = [
             ev("$set", set_once={"plan": "pro"}),
             states={
                 "user_42": IdentityState(
-                    identified=True, seen=True, set_once_keys=frozenset({"plan"})
+                    identified=True, seen=True, sent_attribute_keys=frozenset({"plan"})
                 )
             },
             dropped="nothing_to_send",
@@ -565,7 +566,7 @@ CASES = [
             ops=["identify", "event"],
             check=_is({"first_seen": "2024"}, attrs),
             state=IdentityState(
-                identified=True, seen=True, set_once_keys=frozenset({"first_seen"})
+                identified=True, seen=True, sent_attribute_keys=frozenset({"first_seen"})
             ),
         ),
         id="set_once_sent_the_first_time",
@@ -575,7 +576,7 @@ CASES = [
             ev(set_once={"first_seen": "2025"}),
             states={
                 "user_42": IdentityState(
-                    identified=True, seen=True, set_once_keys=frozenset({"first_seen"})
+                    identified=True, seen=True, sent_attribute_keys=frozenset({"first_seen"})
                 )
             },
             ops=["event"],
@@ -595,12 +596,12 @@ CASES = [
             ev(unset=["plan"]),
             states={
                 "user_42": IdentityState(
-                    identified=True, seen=True, set_once_keys=frozenset({"plan", "x"})
+                    identified=True, seen=True, sent_attribute_keys=frozenset({"plan", "x"})
                 )
             },
             ops=["identify", "event"],
             check=_is({"plan": ""}, attrs),
-            state=IdentityState(identified=True, seen=True, set_once_keys=frozenset({"x"})),
+            state=IdentityState(identified=True, seen=True, sent_attribute_keys=frozenset({"x"})),
         ),
         id="unset_sends_empty_string_and_forgets_the_key",
     ),
@@ -694,7 +695,7 @@ CASES = [
                 identified=True,
                 email="jane@example.com",
                 seen=True,
-                set_once_keys=frozenset({"email", "plan", "signup_source"}),
+                sent_attribute_keys=frozenset({"email", "plan", "signup_source"}),
             ),
         ),
         id="identify_carries_anon_distinct_id_as_anonymous_id",
@@ -778,7 +779,7 @@ CASES = [
         Case(
             group_identify(group_set={"name": "Acme Inc", "plan": "enterprise", "seats": 250}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             bodies=[
                 {
                     "type": "object",
@@ -813,7 +814,7 @@ CASES = [
             MappingRules(
                 anonymous_users=AnonymousUsers.WITH_EMAIL_ONLY, object_types={"company": "1"}
             ),
-            ops=["object_identify"],
+            ops=["object.identify"],
         ),
         id="groupidentify_server_side_passes_the_anonymous_gate",
     ),
@@ -821,7 +822,7 @@ CASES = [
         Case(
             group_identify(group_set=None),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_not_in("attributes", body),
         ),
         id="groupidentify_without_group_set_creates_the_object",
@@ -830,7 +831,7 @@ CASES = [
         Case(
             group_identify(key=42),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_is({"object_type_id": "1", "object_id": "42"}, lambda o: body(o)["identifiers"]),
         ),
         id="groupidentify_numeric_key_is_a_string_id",
@@ -854,7 +855,7 @@ CASES = [
                 group_set={"bio": "é" * 600, "n" * 151: 1, **{f"k{i:03}": i for i in range(300)}}
             ),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             truncations={"attribute_value": 1, "attribute_name": 1, "attribute_count": 1},
             check=_is(("é" * 500, 300), lambda o: (attrs(o)["bio"], len(attrs(o)))),
         ),
@@ -864,7 +865,7 @@ CASES = [
         Case(
             group_identify(group_set={f"k{i:03}": "v" * 900 for i in range(60)}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             truncations={"item_size": 25},
         ),
         id="group_identify_over_item_limit_drops_largest_attributes",
@@ -885,7 +886,7 @@ CASES = [
                 },
                 lambda o: body(o, 1),
             ),
-            state=IdentityState(identified=True, seen=True, related=frozenset({"1:acme"})),
+            state=IdentityState(identified=True, seen=True, relationships=frozenset({"1:acme"})),
         ),
         id="event_with_groups_relates_the_person_once",
     ),
@@ -893,7 +894,7 @@ CASES = [
         Case(
             ev(props={"$groups": {"company": "acme"}}),
             GROUPS,
-            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            states={"user_42": IdentityState(identified=True, seen=True, relationships=RELATED)},
             ops=["event"],
         ),
         id="event_with_groups_already_related_sends_no_relationship",
@@ -902,10 +903,10 @@ CASES = [
         Case(
             ev(props={"$groups": {"company": "globex"}}),
             GROUPS,
-            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            states={"user_42": IdentityState(identified=True, seen=True, relationships=RELATED)},
             ops=["event", "add_relationships"],
             state=IdentityState(
-                identified=True, seen=True, related=frozenset({"1:acme", "1:globex"})
+                identified=True, seen=True, relationships=frozenset({"1:acme", "1:globex"})
             ),
         ),
         id="event_with_a_new_group_relates_that_one",
@@ -939,7 +940,7 @@ CASES = [
         Case(
             ev(props={"$groups": {"company": "acme"}}, person={"email": "jane@example.com"}),
             MappingRules(identify_by_email=True, object_types={"company": "1"}),
-            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            states={"user_42": IdentityState(identified=True, seen=True, relationships=RELATED)},
             ops=["identify", "event", "add_relationships"],
             check=_is({"email": "jane@example.com"}, lambda o: body(o, 2)["identifiers"]),
         ),
@@ -1116,7 +1117,7 @@ CASES = [
         Case(
             group_identify(did="undefined", group_set={"name": "Acme"}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_no_states,
         ),
         id="groupidentify_from_an_illegal_distinct_id_still_identifies_the_object",
@@ -1178,7 +1179,7 @@ CASES = [
                 identified=True,
                 email="rosa@example.org",
                 seen=True,
-                set_once_keys=frozenset({"email", "plan"}),
+                sent_attribute_keys=frozenset({"email", "plan"}),
             ),
         ),
         id="email_distinct_id_is_the_email",
@@ -1286,7 +1287,7 @@ CASES = [
                 group_set={"name": "Harbor Ops", "created_at": "2024-11-18T07:30:00.000Z"}
             ),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_is({"name": "Harbor Ops", "created_at": 1_731_915_000}, attrs),
         ),
         id="groupidentify_created_at_to_seconds",
@@ -1295,7 +1296,7 @@ CASES = [
         Case(
             group_identify(group_set={"created_at": 1_731_915_000_000}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_is({"created_at": 1_731_915_000}, attrs),
         ),
         id="groupidentify_created_at_milliseconds_to_seconds",
@@ -1333,7 +1334,7 @@ def test_mapping_rule(case: Case) -> None:
 
 def test_event_mapper_is_a_mapper() -> None:
     mapper: Mapper = EventMapper(SEND_ALL)
-    assert mapper.related_ids(ev()) == ("user_42",)
+    assert mapper.distinct_ids(ev()) == ("user_42",)
 
 
 @pytest.mark.parametrize(
@@ -1345,8 +1346,8 @@ def test_event_mapper_is_a_mapper() -> None:
         pytest.param(ev("$create_alias"), ("user_42",), id="no_alias"),
     ],
 )
-def test_related_ids(event: PostHogEvent, ids: tuple[str, ...]) -> None:
-    assert tuple(EventMapper(SEND_ALL).related_ids(event)) == ids
+def test_distinct_ids_whose_state_mapping_reads(event: PostHogEvent, ids: tuple[str, ...]) -> None:
+    assert tuple(EventMapper(SEND_ALL).distinct_ids(event)) == ids
 
 
 def test_mapping_is_pure_and_deterministic() -> None:
@@ -1518,7 +1519,7 @@ def test_story_with_company_mapped_to_an_object_type() -> None:
     summary = _summary(results)
     expected = [*STORY_SEND_ALL]
     expected[5] = ("order_completed", "send", None, ["identify", "event", "add_relationships"])
-    expected[6] = ("$groupidentify", "send", None, ["object_identify"])
+    expected[6] = ("$groupidentify", "send", None, ["object.identify"])
     assert summary == expected
     for event, result in zip(events, results, strict=True):
         assert_sendable(result.operations, event)
@@ -1536,9 +1537,9 @@ def test_story_with_company_mapped_to_an_object_type() -> None:
         ["identify", "event", "add_relationships"],
         ["identify", "event"],  # its $set is sent again; the relationship is not
     ]
-    assert states["user_42"].related == frozenset({"1:acme-inc"})
+    assert states["user_42"].relationships == frozenset({"1:acme-inc"})
     text = format_explanation(results[6])
-    assert "object_identify -> POST /api/v2/batch (item)" in text
+    assert "object.identify -> POST /api/v2/batch (item)" in text
 
 
 def replace_uuid(event: PostHogEvent) -> PostHogEvent:
@@ -1586,8 +1587,29 @@ def test_identity_state_codec_reads_states_stored_before_related_existed() -> No
 
     old = b'{"identified":true,"email":"a@b.co","seen":true,"set_once_keys":["email"]}'
     state = decode_state(old)
-    assert state.related == frozenset()
+    assert state.relationships == frozenset()
     assert encode_state(state) == old  # unchanged bytes without relationships
-    related = IdentityState(identified=True, related=frozenset({"2:b", "1:a"}))
+    related = IdentityState(identified=True, relationships=frozenset({"2:b", "1:a"}))
     assert b'"related":["1:a","2:b"]' in encode_state(related)
     assert decode_state(encode_state(related)) == related
+
+
+def test_identity_state_codec_reads_states_written_by_earlier_versions() -> None:
+    """The stored keys are still ``set_once_keys`` and ``related`` (the fields were renamed
+    ``sent_attribute_keys`` and ``relationships``): existing databases read unchanged, and a
+    state is written back byte for byte as before."""
+    from posthog_customerio.queue.codec import decode_state, encode_state
+
+    old = (
+        b'{"identified":true,"email":"a@b.co","seen":true,'
+        b'"set_once_keys":["email","plan"],"related":["1:acme"]}'
+    )
+    state = decode_state(old)
+    assert state == IdentityState(
+        identified=True,
+        email="a@b.co",
+        seen=True,
+        sent_attribute_keys=frozenset({"email", "plan"}),
+        relationships=frozenset({"1:acme"}),
+    )
+    assert encode_state(state) == old

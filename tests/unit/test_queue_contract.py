@@ -23,8 +23,9 @@ import pytest
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import Checkpoint, Lane, MappingOutcome, Queue, Rejection
+from posthog_customerio.queue.base import Checkpoint, Lane, Queue, Rejection
 from posthog_customerio.queue.postgres import PostgresQueue
 from posthog_customerio.queue.sqlite import SQLiteQueue
 from posthog_customerio.sources.event import PostHogEvent
@@ -51,7 +52,7 @@ class TinyMapper:
         self.drop = drop
         self.fail_on = fail_on
 
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
         return [event.distinct_id]
 
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
@@ -63,7 +64,7 @@ class TinyMapper:
             seen=True,
             identified=before.identified or event.event == "$identify",
             email=event.set.get("email", before.email),
-            set_once_keys=before.set_once_keys | frozenset(event.set_once),
+            sent_attribute_keys=before.sent_attribute_keys | frozenset(event.set_once),
         )
         new_states = {event.distinct_id: after}
         if event.event in self.drop:
@@ -127,6 +128,7 @@ class Harness:
     async def queue(self, owner: bool = True) -> AsyncIterator[Queue]:
         q = self.open(owner)
         try:
+            await q.start()
             yield q
         finally:
             await q.close()

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.errors import QueueUnavailable, StoreNotFound
 from posthog_customerio.queue import sqlite as sqlite_queue
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import Lane, Rejection
-from posthog_customerio.queue.sqlite import SQLiteQueue, migrations
+from posthog_customerio.queue.migrations import migrations
+from posthog_customerio.queue.sqlite import SQLiteQueue
 from tests.unit.test_queue_contract import BIG, MAPPER, NOW, ev, run
 
 
@@ -47,16 +48,16 @@ def test_migrations_are_recorded_and_applied_once(tmp_path: Path) -> None:
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         conn.close()
-    assert versions == [(v, name) for v, name, _ in migrations()]
+    assert versions == [(v, name) for v, name, _ in migrations("sqlite")]
     assert journal == "wal"
     tables = {name for name, _ in _schema(path)}
     assert {"operations", "partitions", "identity", "seen_events", "dead_letters"} <= tables
 
 
 def test_non_owner_never_creates_a_database(tmp_path: Path) -> None:
-    with pytest.raises(QueueUnavailable):
-        SQLiteQueue.open(tmp_path / "missing.db", owner=False)
-    assert not (tmp_path / "missing.db").exists()
+    with pytest.raises(StoreNotFound, match=r"missing\.db"):
+        SQLiteQueue.open(tmp_path / "nowhere" / "missing.db", owner=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_claim_uses_indexes_not_scans(tmp_path: Path) -> None:
