@@ -91,19 +91,22 @@ def backfill(
     ] = None,
     page_size: Annotated[int, typer.Option(help="API: rows per query.", min=1, max=50_000)] = 1000,
     follow: Annotated[
-        bool, typer.Option("--follow", help="API: keep polling for new events once caught up.")
+        bool,
+        typer.Option(
+            "--follow", help="API: keep polling for new events once caught up.", metavar=""
+        ),
     ] = False,
     poll_secs: Annotated[
         float | None,
         typer.Option(
-            "--poll-secs", help="--follow: poll interval [default: 30].", show_default=False
+            "--poll-secs", help="--follow: poll interval \\[default: 30].", show_default=False
         ),
     ] = None,
     lag_secs: Annotated[
         float | None,
         typer.Option(
             "--lag-secs",
-            help="--follow: re-read this window for late events [default: 300].",
+            help="--follow: re-read this window for late events \\[default: 300].",
             show_default=False,
         ),
     ] = None,
@@ -120,7 +123,11 @@ def backfill(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Read and map, print what would be sent; write nothing."),
+        typer.Option(
+            "--dry-run",
+            help="Read and map, print what would be sent; write nothing.",
+            metavar="",
+        ),
     ] = False,
     restart: Annotated[
         bool,
@@ -128,6 +135,7 @@ def backfill(
             "--restart",
             help="Ignore saved positions and read from the start "
             "(events already queued are still skipped by uuid).",
+            metavar="",
         ),
     ] = False,
     config: ConfigOpt = None,

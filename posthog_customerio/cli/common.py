@@ -40,7 +40,7 @@ DatabaseUrlOpt = Annotated[
     typer.Option(
         "--database-url",
         help="The queue: sqlite:///PATH or postgresql://USER@HOST/DB "
-        "[default: DATA_DIR/connector.db].",
+        "\\[default: DATA_DIR/connector.db].",
         show_default=False,
     ),
 ]

@@ -56,8 +56,10 @@ _debug = False
 
 @app.callback()
 def root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", metavar="")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version.", metavar="")
+    ] = False,
 ) -> None:
     global _debug
     _debug = debug
@@ -71,14 +73,18 @@ def serve(
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
-    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8787]; 0 picks one.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address \\[default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port \\[default: 8787]; 0 picks one.")] = None,
     sandbox: Annotated[
-        bool, typer.Option("--sandbox", help="Send to an embedded local sandbox.")
+        bool, typer.Option("--sandbox", help="Send to an embedded local sandbox.", metavar="")
     ] = False,
     insecure_no_auth: Annotated[
         bool,
-        typer.Option("--insecure-no-auth", help="Allow a public bind without a webhook secret."),
+        typer.Option(
+            "--insecure-no-auth",
+            help="Allow a public bind without a webhook secret.",
+            metavar="",
+        ),
     ] = False,
     database_url: DatabaseUrlOpt = None,
     log_format: Annotated[
@@ -90,6 +96,7 @@ def serve(
             "--follow-posthog",
             help="Also poll PostHog's query API for new events (needs posthog_url, "
             "posthog_project_id, posthog_personal_api_key).",
+            metavar="",
         ),
     ] = False,
 ) -> None:
@@ -215,7 +222,9 @@ def status(
     database_url: DatabaseUrlOpt = None,
     host: Annotated[str | None, typer.Option(help="Where serve listens.")] = None,
     port: Annotated[int | None, typer.Option(help="Where serve listens.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """Queue depth, oldest pending age, delivered, dead-lettered, last error."""
     settings = settings_from(
@@ -321,7 +330,9 @@ def explain(
     ] = None,
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """Print, for each PostHog event, the operations that would be sent or why it is dropped."""
     from posthog_customerio.mapping.explain import explain as run_explain
@@ -369,7 +380,9 @@ def dl_list(
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """List dead letters, newest first."""
     from posthog_customerio import admin
@@ -423,7 +436,7 @@ def _select(ids: list[int] | None, all_: bool, reason: str | None, since: str | 
 @dead_letters_app.command("replay")
 def dl_replay(
     ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.", metavar="")] = False,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     config: ConfigOpt = None,
@@ -442,7 +455,7 @@ def dl_replay(
 @dead_letters_app.command("purge")
 def dl_purge(
     ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.", metavar="")] = False,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     config: ConfigOpt = None,
@@ -485,13 +498,16 @@ def forget(
         typer.Option(
             "--suppress",
             help="Suppress in Customer.io (delete, and refuse the identifiers from now on).",
+            metavar="",
         ),
     ] = False,
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """Delete a person in Customer.io and everything the connector keeps about them (GDPR).
 

@@ -1,9 +1,9 @@
 """The queue interface: the one durable store behind ingest and delivery.
 
-Two implementations share this contract (and one contract test suite): SQLite, embedded and
-single-process, and PostgreSQL for many processes (later). The queue owns transactions;
-mapping is injected as a pure function so that "load identity state → map → store operations
-and new state" is one atomic step.
+Three implementations share this contract and one contract test suite: SQLite (embedded, one
+process), PostgreSQL (many processes on many machines) and memory (tests, and the reference
+for what the contract means). The queue owns transactions; mapping is injected as a pure
+function, so "load identity state → map → store operations and new state" is one atomic step.
 """
 
 from __future__ import annotations
@@ -283,4 +283,4 @@ class StatusQueue(Protocol):
 
 class Queue(QueueLifecycle, IngestQueue, DeliveryQueue, AdminQueue, StatusQueue, Protocol):
     """Durable operations, identity state, event dedup and dead letters: every role at once,
-    as both stores (``SQLiteQueue``, ``PostgresQueue``) provide them."""
+    as every store (``SQLiteQueue``, ``PostgresQueue``, ``MemoryQueue``) provides them."""

@@ -18,6 +18,7 @@ from typing import TypeVar
 from posthog_customerio.mapping.mapper import Mapper
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane
 from posthog_customerio.queue.plan import IngestCall
+from posthog_customerio.queue.wakeup import WorkSignal
 from posthog_customerio.sources.event import PostHogEvent
 
 T = TypeVar("T")
@@ -61,9 +62,11 @@ def settle(
 class GroupCommittedIngest:
     """``Queue.ingest`` for a store with a group-committing writer.
 
-    The store hands the call to its writer in ``_enqueue_ingest`` and wakes its delivery in
-    ``_signal_work``.
+    The store hands the call to its writer in ``_enqueue_ingest``; a commit that enqueued
+    operations wakes the store's delivery through ``_work``.
     """
+
+    _work: WorkSignal
 
     async def ingest(
         self,
@@ -79,11 +82,8 @@ class GroupCommittedIngest:
         await self._enqueue_ingest(PendingIngest(list(events), mapper, lane, checkpoint, future))
         result = await future
         if result.actions:
-            self._signal_work()
+            self._work.set()
         return result
 
     async def _enqueue_ingest(self, call: PendingIngest) -> None:
-        raise NotImplementedError
-
-    def _signal_work(self) -> None:
         raise NotImplementedError

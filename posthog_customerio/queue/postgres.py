@@ -58,6 +58,7 @@ from posthog_customerio.queue.group_commit import (
 from posthog_customerio.queue.location import redact_url
 from posthog_customerio.queue.migrations import migrations
 from posthog_customerio.queue.rows import claimed_from_row, dead_letter_from_row
+from posthog_customerio.queue.wakeup import WorkSignal
 
 __all__ = ["PostgresQueue", "apply_migrations", "migrate_database", "schema_version"]
 
@@ -220,7 +221,7 @@ class PostgresQueue(GroupCommittedIngest):
         self._calls: asyncio.Queue[PendingIngest | None] | None = None
         self._writers: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
-        self._work: asyncio.Event | None = None
+        self._work = WorkSignal()
         self.lease_lost_count = 0  # heartbeats that found this worker presumed dead
         # Claimed and not yet settled, op id → partition: only these partitions' leases are
         # renewed, so a claim whose answer was lost (connection cut after COMMIT) expires.
@@ -280,7 +281,6 @@ class PostgresQueue(GroupCommittedIngest):
                 raise
             self._pool = pool
             self._calls = asyncio.Queue()
-            self._work = asyncio.Event()
             self._writers = [
                 asyncio.create_task(self._writer(), name=f"pg-ingest-{i}")
                 for i in range(INGEST_WRITERS)
@@ -375,24 +375,13 @@ class PostgresQueue(GroupCommittedIngest):
 
     # -- wake-ups -------------------------------------------------------------------------
 
-    def _signal_work(self) -> None:
-        if self._work is not None:
-            self._work.set()
-
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Sleep until this process adds pending work (ingest, replay, release).
 
         Other processes' work is found by polling: delivery waits at most ``timeout``.
         """
         await self._ready()
-        assert self._work is not None
-        try:
-            async with asyncio.timeout(timeout):
-                await self._work.wait()
-        except TimeoutError:
-            return False
-        self._work.clear()
-        return True
+        return await self._work.wait(timeout)
 
     # -- ingest ---------------------------------------------------------------------------
 
@@ -553,7 +542,7 @@ class PostgresQueue(GroupCommittedIngest):
 
         await self._settle(op_ids, action, delivered=False)
         if op_ids:
-            self._signal_work()
+            self._work.set()
 
     async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
         by_id = {r.op_id: r for r in rejections}
@@ -650,7 +639,7 @@ class PostgresQueue(GroupCommittedIngest):
                 await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
         replayed = len(rows)
         if replayed:
-            self._signal_work()
+            self._work.set()
         return replayed
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int:
@@ -680,7 +669,7 @@ class PostgresQueue(GroupCommittedIngest):
         ):
             result = await self._forget(conn, targets, forgetter, suppress, now)
         if result.enqueued:
-            self._signal_work()
+            self._work.set()
         return result
 
     async def _forget(

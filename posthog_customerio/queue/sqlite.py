@@ -57,6 +57,7 @@ from posthog_customerio.queue.group_commit import (
 )
 from posthog_customerio.queue.migrations import migrations
 from posthog_customerio.queue.rows import claimed_from_row, dead_letter_from_row
+from posthog_customerio.queue.wakeup import WorkSignal
 
 __all__ = ["SQLiteQueue", "apply_migrations", "migrate_file", "owner_running"]
 
@@ -769,7 +770,7 @@ class SQLiteQueue(GroupCommittedIngest):
         self._started = False
         self._closed = False
         self._opened_at = time.time()
-        self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._work = WorkSignal()
         self._background: set[asyncio.Task[None]] = set()
         # Ingest calls waiting for the writer: it takes all of them at once (_take_and_ingest).
         self._ingest_lock = threading.Lock()
@@ -825,29 +826,13 @@ class SQLiteQueue(GroupCommittedIngest):
 
     # -- wake-ups -------------------------------------------------------------------------
 
-    def _work_event(self) -> asyncio.Event:
-        loop = asyncio.get_running_loop()
-        if self._work is None or self._work[0] is not loop:
-            self._work = (loop, asyncio.Event())
-        return self._work[1]
-
-    def _signal_work(self) -> None:
-        self._work_event().set()
-
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Sleep until an ingest, replay or release of this process adds pending work.
 
         Returns False on timeout. Delivery should still poll with a timeout: blocked
         partitions expire, and other processes (a CLI replay) do not wake this one.
         """
-        event = self._work_event()
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            return False
-        event.clear()
-        return True
+        return await self._work.wait(timeout)
 
     # -- Queue ----------------------------------------------------------------------------
 
@@ -926,7 +911,7 @@ class SQLiteQueue(GroupCommittedIngest):
     async def release(self, op_ids: Sequence[int]) -> None:
         if op_ids:
             await self._writer.run(partial(_release, list(op_ids)))
-            self._signal_work()
+            self._work.set()
 
     async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
         if rejections:
@@ -990,7 +975,7 @@ class SQLiteQueue(GroupCommittedIngest):
             return 0
         count = await self._writer.run(partial(_replay, list(ids)))
         if count:
-            self._signal_work()
+            self._work.set()
         return count
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int:
@@ -1010,7 +995,7 @@ class SQLiteQueue(GroupCommittedIngest):
             partial(_forget, list(distinct_ids), forgetter, suppress, now)
         )
         if result.enqueued:
-            self._signal_work()
+            self._work.set()
         return result
 
     async def prune_seen(self, older_than: float) -> int:

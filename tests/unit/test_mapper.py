@@ -9,7 +9,6 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -29,8 +28,7 @@ from posthog_customerio.mapping.ulid import is_ulid, ulid_from_uuid
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.normalize import event_from_mapping
 from posthog_customerio.sources.webhook import parse_webhook_body
-
-SHARED = Path(__file__).parents[3] / "shared" / "posthog"
+from tests.samples import POSTHOG_SAMPLES as SAMPLES
 
 UUID7 = "01924815-6d55-7160-8999-50d836f675cc"
 T_MS = 1_727_786_216_789
@@ -1383,7 +1381,7 @@ def test_sticky_flags_never_turn_off() -> None:
     assert states["user_42"].email == "jane@example.com"
 
 
-# -- the story (README of the shared samples) -------------------------------------------------
+# -- the story (examples/posthog/README.md) --------------------------------------------------
 
 STORY = [
     "pageview-anonymous",
@@ -1425,7 +1423,7 @@ def story_events() -> list[PostHogEvent]:
         event
         for name in STORY
         for event in parse_webhook_body(
-            (SHARED / f"webhook-{name}.json").read_bytes(), received_ms=0
+            (SAMPLES / f"webhook-{name}.json").read_bytes(), received_ms=0
         )
     ]
 
@@ -1488,7 +1486,7 @@ def test_explain_notes_and_truncations_are_shown() -> None:
 
 
 def test_export_sample_maps_to_valid_operations_under_every_mode() -> None:
-    lines = (SHARED / "export-sample.jsonl").read_bytes().splitlines()
+    lines = (SAMPLES / "export-sample.jsonl").read_bytes().splitlines()
     events = [
         event_from_mapping(orjson.loads(line), person=None, received_ms=0, path="")
         for line in lines
