@@ -294,6 +294,15 @@ def migrate(
         out.print("the schema is up to date")
 
 
+def _is_json(data: bytes) -> bool:
+    """Whether ``data`` is one JSON document (a webhook body), not JSON Lines."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
 def _read_events(paths: list[str]) -> list[Any]:
     from posthog_customerio.sources.normalize import event_from_mapping
     from posthog_customerio.sources.webhook import parse_webhook_body
@@ -310,7 +319,7 @@ def _read_events(paths: list[str]) -> list[Any]:
             continue
         except InputError as whole:
             lines = [ln for ln in data.splitlines() if ln.strip()]
-            if len(lines) < 2:
+            if len(lines) < 2 or _is_json(data):  # one JSON document: its own problem
                 fail(f"{name}: {whole}", 2)
         for lineno, line in enumerate(data.splitlines(), 1):
             if not line.strip():

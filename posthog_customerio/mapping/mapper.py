@@ -5,6 +5,7 @@ Pure and deterministic (no I/O, clock or randomness): the queue calls it inside 
 transaction that stores its result, ``explain`` calls it to show a user what would happen,
 and the tests table-drive it. Steps, in order:
 
+0. refuse a distinct_id Customer.io cannot hold or PostHog refuses to merge on (``ids``);
 1. learn: identified (sticky), email, seen — from every event, before any filter;
 2. filter: allowlist, then the ``anonymous_users`` gate (drop reasons are metric labels);
 3. build: an ``identify`` first when person attributes or a not-yet-sent email are present,
@@ -18,12 +19,14 @@ Decisions where the contract is silent are documented inline and in ``docs/mappi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.ids import is_cookieless, is_illegal_id
 from posthog_customerio.mapping.limits import (
     MAX_EVENT_DATA_BYTES,
     MAX_ITEM_BYTES,
@@ -90,6 +93,8 @@ _RESERVED_EVENT_KEYS: dict[str, dict[str, tuple[type, ...]]] = {
     "anonymous_page": {},
     "anonymous_screen": {},
 }
+# Person attributes that are identifiers in Customer.io: sent only equal to the identifier.
+_IDENTIFIER_ATTRIBUTES = ("id", "cio_id")
 _RESERVED_PERSON_KEYS: dict[str, tuple[type, ...]] = {
     "_update": (bool,),
     "cio_subscription_preferences": (dict,),
@@ -176,6 +181,17 @@ class EventMapper:
                 truncations={"id_too_long": 1},
                 notes=("distinct_id is over 150 bytes, so it cannot be a Customer.io id",),
             )
+        if is_illegal_id(did):
+            if event.event != GROUP_IDENTIFY:
+                return MappingOutcome(
+                    states={},
+                    operations=(),
+                    dropped="illegal_distinct_id",
+                    notes=(f"distinct_id {did!r} is an id PostHog refuses to merge on",),
+                )
+            # The object does not depend on its sender's id; nothing is learnt about that id.
+            outcome = _Mapping(self._rules, event, {}).run()
+            return dataclasses.replace(outcome, states={})
         return _Mapping(self._rules, event, states).run()
 
     def forget_operations(
@@ -249,6 +265,10 @@ class _Mapping:
             flag = True
         elif explicit is not None:
             flag = explicit
+        elif is_cookieless(self.did, props.get("$device_id")):
+            flag = False  # its $device_id is not its distinct_id, yet it is a browser visitor
+            if not prev.identified:
+                self.notes.append("cookieless visitor without $is_identified: anonymous")
         else:
             # No (usable) $is_identified: the browser's anonymous id is its $device_id;
             # anything else is a server-side event, a person as in the app.
@@ -282,7 +302,8 @@ class _Mapping:
         )
 
     def _learn_email(self) -> str | None:
-        """A valid ``$set.email``, else the person's email, else the stored one."""
+        """A valid ``$set.email``, else the person's email, else the stored one, else the
+        distinct_id when it is an address (as the app, Segment and RudderStack take it)."""
         event = self.event
         if not self.personless:
             if "email" in event.set:
@@ -294,6 +315,8 @@ class _Mapping:
             address = valid_email(event.person_properties.get("email"))
             if address is not None:
                 return address
+        if self.prev.email is None and "@" in self.did:
+            return valid_email(self.did)
         return self.prev.email
 
     # -- step 2: filter --------------------------------------------------------------------
@@ -379,6 +402,7 @@ class _Mapping:
         if group_set is not None and not isinstance(group_set, dict):
             self.notes.append("$group_set is not an object: no attributes sent")
         attributes = limit_attributes(group_set if isinstance(group_set, dict) else {}, self.counts)
+        self._created_at_seconds(attributes)
         body: dict[str, Any] = {
             "type": "object",
             "action": "identify",
@@ -468,7 +492,13 @@ class _Mapping:
         if event.event == "$identify":
             anon = event.properties.get("$anon_distinct_id")
             if isinstance(anon, str) and anon and anon != self.did:
-                if fits_id(anon):
+                if is_illegal_id(anon):
+                    count(self.counts, "illegal_id")
+                    self.notes.append(
+                        f"$anon_distinct_id {anon!r} is an id PostHog refuses to merge on:"
+                        " not merged"
+                    )
+                elif fits_id(anon):
                     attributes["anonymous_id"] = anon
                 else:
                     count(self.counts, "id_too_long")
@@ -489,14 +519,15 @@ class _Mapping:
                 else:
                     attributes[key] = ""
                     unset_keys.add(key)
-        self._clean_person_attributes(attributes)
+        identifiers = self._identifiers(self.did, self.email)
+        self._clean_person_attributes(attributes, identifiers)
         attributes = limit_attributes(attributes, self.counts)
         if not attributes and event.event != "$identify":
             return  # every update was already known or dropped: nothing to tell Customer.io
         body: dict[str, Any] = {
             "type": "person",
             "action": "identify",
-            "identifiers": self._identifiers(self.did, self.email),
+            "identifiers": identifiers,
         }
         if attributes:
             body["attributes"] = attributes
@@ -518,19 +549,36 @@ class _Mapping:
             )
         ops.append(self._op(Endpoint.BATCH, "identify", fitted))
 
-    def _clean_person_attributes(self, attributes: dict[str, Any]) -> None:
-        """``created_at`` to integer seconds; drop reserved keys of the wrong type."""
+    def _clean_person_attributes(
+        self, attributes: dict[str, Any], identifiers: Mapping[str, str]
+    ) -> None:
+        """``created_at`` to integer seconds; drop reserved keys of the wrong type, and an
+        ``id``/``cio_id`` other than the identifier: Customer.io takes it as a change of
+        identifier, which fails unless the person is addressed by ``cio_id`` (and would move
+        the profile to another id if it did not)."""
+        self._created_at_seconds(attributes)
+        for key in _IDENTIFIER_ATTRIBUTES:
+            if key in attributes and attributes[key] != identifiers.get(key):
+                del attributes[key]
+                count(self.counts, "identifier_attribute")
+                self.notes.append(
+                    f"attribute {key} differs from the identifier: not sent (it would change"
+                    " whom Customer.io addresses)"
+                )
+        for key, types in _RESERVED_PERSON_KEYS.items():
+            if key in attributes and not isinstance(attributes[key], types):
+                del attributes[key]
+                count(self.counts, "reserved_attribute")
+                self.notes.append(f"attribute {key} has the wrong type for Customer.io: dropped")
+
+    def _created_at_seconds(self, attributes: dict[str, Any]) -> None:
+        """A person's or object's ``created_at`` (ISO 8601, ms or s) as integer Unix seconds."""
         if "created_at" in attributes and attributes["created_at"] != "":
             ms = parse_timestamp_ms(attributes["created_at"])
             if ms is None:
                 self.notes.append("created_at is not a date or Unix time: sent as is")
             else:
                 attributes["created_at"] = ms // 1000
-        for key, types in _RESERVED_PERSON_KEYS.items():
-            if key in attributes and not isinstance(attributes[key], types):
-                del attributes[key]
-                count(self.counts, "reserved_attribute")
-                self.notes.append(f"attribute {key} has the wrong type for Customer.io: dropped")
 
     def _merge(self, ops: list[Operation]) -> str | None:
         alias = _alias(self.event)
@@ -541,12 +589,16 @@ class _Mapping:
         if not fits_id(alias):
             count(self.counts, "id_too_long")
             return "distinct_id_too_long"
+        if is_illegal_id(alias):
+            count(self.counts, "illegal_id")
+            self.notes.append(f"alias {alias!r} is an id PostHog refuses to merge on: no merge")
+            return "illegal_distinct_id"
         other = self.states.get(alias, _NEVER_SEEN)
         if not other.identified:
             self.notes.append(f"alias {alias!r} is not an identified person here")
             return "alias_not_identified"
         primary = self._identifiers(self.did, self.email)
-        secondary = self._identifiers(alias, other.email)
+        secondary = self._identifiers(alias, other.email or valid_email(alias))
         if primary == secondary:
             return "nothing_to_send"
         body = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}

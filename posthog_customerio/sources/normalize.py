@@ -4,8 +4,13 @@ into a ``PostHogEvent``.
 Every source funnels through ``event_from_mapping`` so that PostHog's many payload shapes are
 known in exactly one place. It is lenient about shape (JSON strings for the export's
 ``properties``/``person_properties``/``set``/``set_once``, legacy top-level ``$set``, numeric
-distinct_ids) and strict about meaning: a value it cannot use raises ``InputError`` naming
-the field's path, so the webhook can answer 400 instead of guessing.
+distinct_ids). One bad field never loses an event, since PostHog does not retry a 4xx: an
+unusable ``timestamp`` falls back as a missing one does, an unusable ``$set``/``$set_once``/
+``$unset`` (or export ``set``/``set_once``) is dropped, a ``uuid`` that is no string is derived
+from content, each with a note. What the event cannot be read without raises ``InputError``
+naming the field's path, so the webhook answers 400 instead of guessing: the event name, the
+distinct_id, ``properties`` (it says whether the sender is an anonymous browser) and the
+person.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import json
 import math
 import re
 import uuid as _uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeGuard
+from typing import Any, TypeGuard, TypeVar
 
 import orjson
 
@@ -33,6 +38,7 @@ _MAX_ABS_MS = 253_402_300_800_000  # 10000-01-01: beyond it a "timestamp" is gar
 _SECONDS_BELOW = 100_000_000_000  # a number under 1e11 is seconds (1e11 ms is 1973)
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 _LIFTED = ("$set", "$set_once", "$unset")
+_T = TypeVar("_T")
 
 
 def parse_timestamp_ms(value: object) -> int | None:
@@ -133,7 +139,8 @@ def _unset(value: object, path: str, key: str) -> list[str]:
     if isinstance(value, list):
         for i, item in enumerate(value):
             if not isinstance(item, str):
-                raise InputError(f"{_join(path, key)}[{i}]", f"must be a string, not {_kind(item)}")
+                what = f"must hold only strings ([{i}] is {_kind(item)})"
+                raise InputError(_join(path, key), what)
         return value
     raise InputError(_join(path, key), f"must be an array of keys, not {_kind(value)}")
 
@@ -143,6 +150,20 @@ def _object_or_list(value: str, path: str) -> object:
         return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise InputError(path, "is a string but not valid JSON") from exc
+
+
+def _update(
+    parse: Callable[[object, str, str], _T], value: object, key: str, notes: list[str]
+) -> _T | None:
+    """A person update (``$set``, ``$set_once``, ``$unset``) parsed, or dropped with a note
+    saying why (``None``): the rest of the event is still worth sending."""
+    if value is None:  # the usual absent field
+        return None
+    try:
+        return parse(value, "", key)
+    except InputError as exc:
+        notes.append(f"{exc.field} {exc.message}: dropped")
+        return None
 
 
 def _derived_uuid(obj: Mapping[str, Any]) -> str:
@@ -207,17 +228,17 @@ def event_from_mapping(
     properties = _object(obj.get("properties"), path, "properties") or {}
 
     set_ = _merged(
-        _object(obj.get("$set"), path, "$set"),
-        _object(obj.get("set"), path, "set"),
-        _object(properties.get("$set"), path, "properties.$set"),
+        _update(_object, obj.get("$set"), "$set", notes),
+        _update(_object, obj.get("set"), "set", notes),
+        _update(_object, properties.get("$set"), "properties.$set", notes),
     )
     set_once = _merged(
-        _object(obj.get("$set_once"), path, "$set_once"),
-        _object(obj.get("set_once"), path, "set_once"),
-        _object(properties.get("$set_once"), path, "properties.$set_once"),
+        _update(_object, obj.get("$set_once"), "$set_once", notes),
+        _update(_object, obj.get("set_once"), "set_once", notes),
+        _update(_object, properties.get("$set_once"), "properties.$set_once", notes),
     )
-    unset = _unset(obj.get("$unset"), path, "$unset") + _unset(
-        properties.get("$unset"), path, "properties.$unset"
+    unset = (_update(_unset, obj.get("$unset"), "$unset", notes) or []) + (
+        _update(_unset, properties.get("$unset"), "properties.$unset", notes) or []
     )
     if not properties.keys().isdisjoint(_LIFTED):
         properties = {k: v for k, v in properties.items() if k not in _LIFTED}
@@ -231,23 +252,24 @@ def event_from_mapping(
         person_properties = _object(obj.get("person_properties"), path, "person_properties") or {}
 
     raw_uuid = obj.get("uuid")
-    if raw_uuid is None or raw_uuid == "":
-        uuid = _derived_uuid(obj)
-        notes.append("uuid derived from content")
-    elif isinstance(raw_uuid, str):
+    if isinstance(raw_uuid, str) and raw_uuid:
         uuid = raw_uuid
     else:
-        raise InputError(_join(path, "uuid"), f"must be a string, not {_kind(raw_uuid)}")
+        uuid = _derived_uuid(obj)
+        missing = raw_uuid is None or raw_uuid == ""
+        notes.append(
+            "uuid derived from content" if missing else "uuid is not a string: derived from content"
+        )
 
     raw_ts = obj.get("timestamp")
-    if raw_ts is not None and raw_ts != "":
-        timestamp_ms = parse_timestamp_ms(raw_ts)
-        if timestamp_ms is None:
-            raise InputError(
-                _join(path, "timestamp"), "must be an ISO 8601 date-time or a Unix time"
-            )
+    if raw_ts is None or raw_ts == "":
+        timestamp_ms = _fallback_timestamp(obj, properties, received_ms, notes, "missing")
     else:
-        timestamp_ms = _fallback_timestamp(obj, properties, received_ms, notes)
+        parsed = parse_timestamp_ms(raw_ts)
+        if parsed is None:
+            timestamp_ms = _fallback_timestamp(obj, properties, received_ms, notes, "unparseable")
+        else:
+            timestamp_ms = parsed
 
     return PostHogEvent(
         uuid=uuid,
@@ -265,18 +287,20 @@ def event_from_mapping(
 
 
 def _fallback_timestamp(
-    obj: Mapping[str, Any], properties: JSON, received_ms: int, notes: list[str]
+    obj: Mapping[str, Any], properties: JSON, received_ms: int, notes: list[str], why: str
 ) -> int:
-    """No ``timestamp``: ``properties.$time`` (seconds), then ``sent_at``, then arrival time."""
+    """No usable ``timestamp`` (``why``: missing, unparseable): ``properties.$time``
+    (seconds), then ``sent_at``, then arrival time."""
+    was = "" if why == "missing" else f"{why}: "
     t = properties.get("$time")
     if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t):
         ms = round(t * 1000)
         if abs(ms) < _MAX_ABS_MS:
-            notes.append("timestamp taken from properties.$time")
+            notes.append(f"timestamp {was}taken from properties.$time")
             return ms
     sent_at = parse_timestamp_ms(obj.get("sent_at"))
     if sent_at is not None:
-        notes.append("timestamp taken from sent_at")
+        notes.append(f"timestamp {was}taken from sent_at")
         return sent_at
-    notes.append("timestamp missing: time of receipt used")
+    notes.append(f"timestamp {why}: time of receipt used")
     return received_ms

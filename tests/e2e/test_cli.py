@@ -161,6 +161,17 @@ def test_explain_names_bad_input(tmp_path: Path) -> None:
     assert "event" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_explain_names_the_invalid_event_of_a_multi_line_array(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    events = [{"event": {"event": f"e{i}", "distinct_id": "u"}} for i in range(3)]
+    events.append({"event": {"distinct_id": "u"}})
+    bad.write_text(json.dumps(events, indent=2))
+    r = run_cli("explain", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}: [3].event.event: is missing" in r.stderr, r.stderr
+    assert "JSON" not in r.stderr
+
+
 def test_status_json_while_serving_and_offline(tmp_path: Path, serve: Serve) -> None:
     args = ["status", "--json", "--port", str(serve.port), "--data-dir", str(serve.data_dir)]
     live = run_cli(*args)

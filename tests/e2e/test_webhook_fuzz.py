@@ -4,8 +4,9 @@ request enqueues nothing.
 Bodies come from hypothesis: arbitrary bytes, and bodies generated from a JSON schema of the
 accepted payloads (``WEBHOOK_SCHEMA``, by ``from_schema`` below: hypothesis-jsonschema 0.23
 does not work with current hypothesis releases, and this subset of JSON Schema is small), then
-mutated with unknown fields (still accepted) or one known field of a wrong type (400 naming
-it). The sandbox refuses
+mutated with unknown fields (still accepted), one field the event cannot be read without of a
+wrong type (400 naming it), or one other field of a wrong type (accepted without it, with a note
+naming it: PostHog does not retry a 4xx). The sandbox refuses
 the credentials, so nothing leaves the queue and its depth must equal what was enqueued.
 """
 
@@ -146,9 +147,13 @@ WRONG: dict[str, st.SearchStrategy[Any]] = {
         st.integers(), st.booleans(), st.none(), st.lists(st.integers()), st.just("")
     ),
     "distinct_id": st.one_of(st.booleans(), st.none(), st.lists(st.integers()), st.just({})),
+    "properties": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just("[1")),
+}
+# Fields an event is sent without (or with a fallback) when they are of a wrong type.
+DROPPABLE: dict[str, st.SearchStrategy[Any]] = {
     "uuid": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just({})),
     "timestamp": st.one_of(st.booleans(), st.lists(st.integers()), st.just({}), st.just("soon")),
-    "properties": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just("[1")),
+    "$set": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just("{x")),
 }
 
 FUZZ = settings(
@@ -238,6 +243,19 @@ def test_a_wrong_type_is_a_400_naming_the_field(
     r, received, enqueued = post(fuzz_serve, _dumps({"batch": [{**event, field: wrong}]}))
     assert_refused_cleanly(r, received, enqueued)
     assert field in r.json().get("field", ""), r.text
+
+
+@FUZZ
+@given(from_schema(EVENT_SCHEMA), st.sampled_from(sorted(DROPPABLE)), st.data())
+def test_a_droppable_field_of_a_wrong_type_loses_nothing_else(
+    fuzz_serve: Serve, event: Any, field: str, data: st.DataObject
+) -> None:
+    wrong = data.draw(DROPPABLE[field])
+    r, received, _ = post(fuzz_serve, _dumps({"batch": [{**event, field: wrong}]}))
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert received == 1 and answer["accepted"] + answer["dropped"] == 1
+    assert any(note.startswith(field) for note in answer["notes"]), answer
 
 
 @settings(max_examples=20, deadline=None)

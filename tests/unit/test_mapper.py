@@ -192,6 +192,21 @@ def _has_note(text: str) -> Callable[[MappingOutcome], None]:
     return check
 
 
+def _all(*checks: Callable[[MappingOutcome], None]) -> Callable[[MappingOutcome], None]:
+    def check(outcome: MappingOutcome) -> None:
+        for one in checks:
+            one(outcome)
+
+    return check
+
+
+def _no_states(outcome: MappingOutcome) -> None:
+    assert outcome.states == {}
+
+
+COOKIELESS = "cookieless_YmF6cXV4Zm9vYmFyNjc4"
+COOKIELESS_DEVICE = "cookielessd_Zm9vcXV4YmF6YmFyOTAx"
+
 IDENTIFY_SET = ev(
     "$identify",
     props={"$anon_distinct_id": DEVICE, "$device_id": DEVICE},
@@ -1049,6 +1064,240 @@ CASES = [
             check=_is({"ok": 1}, attrs),
         ),
         id="reserved_person_attribute_of_wrong_type_dropped",
+    ),
+    # ---- identity on messy real data (issue 14)
+    # rule 1: ids PostHog itself refuses to merge on
+    pytest.param(
+        Case(
+            ev("$pageview", "undefined", identified=False),
+            dropped="illegal_distinct_id",
+            check=_all(_no_states, _has_note("'undefined' is an id PostHog refuses")),
+        ),
+        id="illegal_distinct_id_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(did="[object Object]", set={"email": "a@example.com"}), dropped="illegal_distinct_id"
+        ),
+        id="illegal_distinct_id_with_person_updates_dropped",
+    ),
+    pytest.param(Case(ev(did="  "), dropped="illegal_distinct_id"), id="blank_distinct_id_dropped"),
+    pytest.param(
+        Case(
+            ev("$identify", props={"$anon_distinct_id": "undefined"}, set={"plan": "pro"}),
+            ops=["identify"],
+            truncations={"illegal_id": 1},
+            check=_all(_is({"plan": "pro"}, attrs), _has_note("refuses to merge on")),
+        ),
+        id="illegal_anon_distinct_id_sends_no_anonymous_id",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "[object Object]"}),
+            states={"[object Object]": KNOWN},
+            dropped="illegal_distinct_id",
+            truncations={"illegal_id": 1},
+            check=_has_note("alias '[object Object]'"),
+        ),
+        id="alias_to_illegal_id_is_no_merge",
+    ),
+    pytest.param(
+        Case(
+            ev("$merge_dangerously", props={"alias": "null"}, set={"plan": "pro"}),
+            states={"null": KNOWN},
+            ops=["identify"],
+            truncations={"illegal_id": 1},
+            check=_has_note("not sent: illegal_distinct_id"),
+        ),
+        id="merge_dangerously_with_illegal_alias_sends_only_the_identify",
+    ),
+    pytest.param(
+        Case(
+            group_identify(did="undefined", group_set={"name": "Acme"}),
+            GROUPS,
+            ops=["object.identify"],
+            check=_no_states,
+        ),
+        id="groupidentify_from_an_illegal_distinct_id_still_identifies_the_object",
+    ),
+    # rule 2: identifier attributes never change whom the operation addresses
+    pytest.param(
+        Case(
+            ev("$identify", set={"id": "usr_8812", "plan": "team"}),
+            ops=["identify"],
+            truncations={"identifier_attribute": 1},
+            check=_all(_is({"plan": "team"}, attrs), _has_note("attribute id differs")),
+        ),
+        id="set_id_differing_from_the_identifier_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"cio_id": "a1b2", "plan": "team"}),
+            ops=["identify", "event"],
+            truncations={"identifier_attribute": 1},
+            check=_is({"plan": "team"}, attrs),
+        ),
+        id="set_cio_id_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(set_once={"id": "usr_1", "first": 1}, unset=["cio_id"]),
+            ops=["identify", "event"],
+            truncations={"identifier_attribute": 2},
+            check=_is({"first": 1}, attrs),
+        ),
+        id="set_once_id_and_unset_cio_id_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"id": "user_42", "plan": "team"}),
+            ops=["identify", "event"],
+            truncations={},
+            check=_is({"id": "user_42", "plan": "team"}, attrs),
+        ),
+        id="set_id_equal_to_the_identifier_kept",
+    ),
+    pytest.param(
+        Case(
+            ev(set={"email": "jane@example.com", "id": "user_42"}),
+            BY_EMAIL,
+            ops=["identify", "event"],
+            truncations={"identifier_attribute": 1},
+            check=_is({"email": "jane@example.com"}, attrs),
+        ),
+        id="set_id_with_identify_by_email_dropped",
+    ),
+    # rule 3 (pure part): an email-shaped distinct_id is the email when no other is known
+    pytest.param(
+        Case(
+            ev("$identify", did="rosa@example.org", set={"plan": "starter"}),
+            ops=["identify"],
+            check=_is({"email": "rosa@example.org", "plan": "starter"}, attrs),
+            state=IdentityState(
+                identified=True,
+                email="rosa@example.org",
+                seen=True,
+                sent_attribute_keys=frozenset({"email", "plan"}),
+            ),
+        ),
+        id="email_distinct_id_is_the_email",
+    ),
+    pytest.param(
+        Case(
+            ev(did="rosa@example.org", person={"email": "rosa.q@example.net"}),
+            ops=["identify", "event"],
+            check=_is({"email": "rosa.q@example.net"}, attrs),
+        ),
+        id="email_distinct_id_has_the_lowest_priority",
+    ),
+    pytest.param(
+        Case(
+            ev(did="rosa@example.org"),
+            states={"rosa@example.org": KNOWN_WITH_EMAIL},
+            ops=["event"],
+        ),
+        id="email_distinct_id_after_the_stored_email",
+    ),
+    pytest.param(
+        Case(
+            ev(did="not-an@address", person={}),
+            ops=["event"],
+            check=_is(KNOWN, lambda o: o.states["not-an@address"]),
+        ),
+        id="distinct_id_that_is_no_address_is_no_email",
+    ),
+    pytest.param(
+        Case(
+            ev(did="rosa@example.org", props={"$groups": {"company": "acme"}}),
+            dataclasses.replace(BY_EMAIL, object_types={"company": "1"}),
+            ops=["identify", "event", "add_relationships"],
+            check=_is(
+                [{"email": "rosa@example.org"}] * 3,
+                lambda o: [op.body["identifiers"] for op in o.operations],
+            ),
+        ),
+        id="email_distinct_id_with_identify_by_email_is_the_identifier",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "old@example.org"}),
+            BY_EMAIL,
+            states={
+                "user_42": KNOWN_WITH_EMAIL,
+                "old@example.org": IdentityState(identified=True, seen=True),
+            },
+            ops=["merge"],
+            check=_is({"email": "old@example.org"}, lambda o: body(o)["secondary"]),
+        ),
+        id="alias_email_shaped_id_merges_by_that_email",
+    ),
+    # rule 5: cookieless visitors
+    pytest.param(
+        Case(
+            ev("$pageview", COOKIELESS, identified=None, props={"$device_id": COOKIELESS_DEVICE}),
+            ops=["anonymous:page"],
+            state=IdentityState(seen=True),
+            check=_has_note("cookieless visitor"),
+        ),
+        id="cookieless_visitor_is_anonymous",
+    ),
+    pytest.param(
+        Case(
+            ev("clicked", COOKIELESS, identified=None, props={"$device_id": COOKIELESS_DEVICE}),
+            IDENTIFIED_ONLY,
+            dropped="anonymous_user",
+        ),
+        id="cookieless_visitor_identified_only_dropped",
+    ),
+    pytest.param(
+        Case(
+            ev("clicked", COOKIELESS, identified=True, props={"$device_id": COOKIELESS_DEVICE}),
+            IDENTIFIED_ONLY,
+            ops=["event"],
+        ),
+        id="cookieless_visitor_with_is_identified_true_is_a_person",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", COOKIELESS, identified=None, props={"$device_id": COOKIELESS_DEVICE}),
+            IDENTIFIED_ONLY,
+            ops=["identify"],
+        ),
+        id="cookieless_identify_identifies",
+    ),
+    pytest.param(
+        Case(
+            ev("clicked", COOKIELESS, identified=None, props={"$device_id": COOKIELESS_DEVICE}),
+            IDENTIFIED_ONLY,
+            states={COOKIELESS: KNOWN},
+            ops=["event"],
+        ),
+        id="cookieless_visitor_once_identified_stays_identified",
+    ),
+    pytest.param(
+        Case(ev(identified=None), IDENTIFIED_ONLY, ops=["event"]),
+        id="server_side_event_without_device_id_stays_identified",
+    ),
+    # rule 7: objects are normalised like people
+    pytest.param(
+        Case(
+            group_identify(
+                group_set={"name": "Harbor Ops", "created_at": "2024-11-18T07:30:00.000Z"}
+            ),
+            GROUPS,
+            ops=["object.identify"],
+            check=_is({"name": "Harbor Ops", "created_at": 1_731_915_000}, attrs),
+        ),
+        id="groupidentify_created_at_to_seconds",
+    ),
+    pytest.param(
+        Case(
+            group_identify(group_set={"created_at": 1_731_915_000_000}),
+            GROUPS,
+            ops=["object.identify"],
+            check=_is({"created_at": 1_731_915_000}, attrs),
+        ),
+        id="groupidentify_created_at_milliseconds_to_seconds",
     ),
     # ---- state bookkeeping
     pytest.param(

@@ -259,18 +259,6 @@ NESTED = b'{"event": "e", "distinct_id": "d", "properties": {"a": ' + b"[" * 70 
             id="properties_not_object",
         ),
         pytest.param(
-            orjson.dumps(bare(properties={"$set": "x"})),
-            "properties.$set",
-            "JSON",
-            id="set_not_object",
-        ),
-        pytest.param(
-            orjson.dumps(bare(properties={"$unset": [1]})),
-            "properties.$unset[0]",
-            "string",
-            id="unset_key_not_string",
-        ),
-        pytest.param(
             orjson.dumps({"event": bare(), "person": "someone"}),
             "person",
             "object",
@@ -282,10 +270,6 @@ NESTED = b'{"event": "e", "distinct_id": "d", "properties": {"a": ' + b"[" * 70 
             "object",
             id="person_properties_not_object",
         ),
-        pytest.param(
-            orjson.dumps(bare(timestamp="soon")), "timestamp", "ISO 8601", id="bad_timestamp"
-        ),
-        pytest.param(orjson.dumps(bare(uuid=7)), "uuid", "string", id="uuid_not_string"),
         pytest.param(orjson.dumps([bare(), 3]), "[1]", "event object", id="array_item_not_object"),
     ],
 )
@@ -294,6 +278,83 @@ def test_bad_input_names_the_field(body: bytes, field: str, message: str) -> Non
         parse_webhook_body(body, received_ms=RECEIVED_MS)
     assert info.value.field == field
     assert message in info.value.message
+
+
+# -- one bad field never loses an event (PostHog does not retry a 4xx) ----------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected", "note"),
+    [
+        pytest.param(
+            {"timestamp": "soon"},
+            {"timestamp_ms": RECEIVED_MS},
+            "timestamp unparseable: time of receipt used",
+            id="unparseable_timestamp_is_time_of_receipt",
+        ),
+        pytest.param(
+            {"timestamp": [2024], "sent_at": "2024-10-01T12:36:56.789Z"},
+            {"timestamp_ms": T_MS},
+            "timestamp unparseable: taken from sent_at",
+            id="unparseable_timestamp_falls_back_like_a_missing_one",
+        ),
+        pytest.param(
+            {"properties": {"$set": "x", "revenue": 1}},
+            {"set": {}, "properties": {"revenue": 1}},
+            "properties.$set is a string but not valid JSON: dropped",
+            id="set_not_json_dropped",
+        ),
+        pytest.param(
+            {"properties": {"$set": [1], "$set_once": {"a": 1}}},
+            {"set": {}, "set_once": {"a": 1}},
+            "properties.$set must be an object, not an array: dropped",
+            id="set_not_object_dropped",
+        ),
+        pytest.param(
+            {"properties": {"$set": {"plan": "pro"}, "$set_once": 5}},
+            {"set": {"plan": "pro"}, "set_once": {}},
+            "properties.$set_once must be an object, not a number: dropped",
+            id="set_once_not_object_dropped",
+        ),
+        pytest.param(
+            {"properties": {"$unset": ["ok", 1]}},
+            {"unset": ()},
+            "properties.$unset must hold only strings ([1] is a number): dropped",
+            id="unset_key_not_string_drops_the_unset",
+        ),
+        pytest.param(
+            {"$set": True, "properties": {"$set": {"plan": "pro"}}},
+            {"set": {"plan": "pro"}},
+            "$set must be an object, not a boolean: dropped",
+            id="legacy_top_level_set_dropped",
+        ),
+        pytest.param(
+            {"set": "{broken"},
+            {"set": {}},
+            "set is a string but not valid JSON: dropped",
+            id="export_set_dropped",
+        ),
+        pytest.param(
+            {"uuid": 7},
+            {"distinct_id": "user_42"},
+            "uuid is not a string: derived from content",
+            id="uuid_not_string_derived",
+        ),
+    ],
+)
+def test_one_bad_field_is_dropped_with_a_note(
+    overrides: dict[str, Any], expected: dict[str, Any], note: str
+) -> None:
+    (event,) = parse({"batch": [bare(), bare(**overrides)]})[1:]
+    assert event.event == "order_completed" and event.distinct_id == "user_42"
+    for name, value in expected.items():
+        assert getattr(event, name) == value, name
+    assert event.notes == (note,)
+
+
+def test_uuid_not_a_string_is_derived_deterministically() -> None:
+    one, two = parse([bare(uuid=7), bare(uuid=7)])
+    assert one.uuid == two.uuid != bare()["uuid"]
 
 
 def test_depth_limit_is_configurable() -> None:
