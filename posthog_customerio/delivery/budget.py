@@ -51,7 +51,7 @@ from posthog_customerio.delivery.ratelimit import (
 log = logging.getLogger("posthog_customerio.delivery.budget")
 
 GRANT_SECS = 0.1  # a grant is this much of the rate: rate / 10 slots, at least one
-STALE_SECS = 0.05  # a slot missed by more than this is dropped, not sent late
+STALE_SECS = 0.02  # a slot missed by more than this is dropped, not sent late
 GRANT_TIMEOUT_SECS = 2.0  # a store slower than this: grant locally meanwhile
 
 _T = TypeVar("_T")
