@@ -54,7 +54,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.events import bodies_of, make_events, post_all
-from tests.e2e.harness import API_KEY, SITE_ID, Sandbox, Serve, wait_until
+from bench.loopback import API_KEY, SITE_ID, Sandbox, Serve, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -205,21 +205,21 @@ def run_connector(
         for _ in range(processes):
             env = serve_env(scenario["connector_rps"], database_url)
             servers.append(Serve(tmp, Path(tempfile.mkdtemp(dir=tmp)), sandbox, **env))
-        pids = [s.proc.popen.pid for s in servers if s.proc]
+        pids = [s.pid for s in servers]
         cpu0 = sum(cpu_secs(p) for p in pids)
         spy = Profiler(pids[0], profile) if profile else None
         t_fill = time.time()
         failures = asyncio.run(post_all([s.url for s in servers], bodies_of(events, 100), 4))
         t_fill = time.time() - t_fill
         before = sandbox.stats()["requests_total"]
-        sandbox_cpu0 = cpu_secs(sandbox.proc.popen.pid)
+        sandbox_cpu0 = cpu_secs(sandbox.pid)
         serve_cpu0 = sum(cpu_secs(p) for p in pids)
         t0 = time.time()
         sandbox.faults(reject_credentials=False)
         want = expected_stored(events, label)
         wait_until(lambda: sandbox.stats()["events_stored"] >= want, timeout=600, interval=0.05)
         t1 = time.time()
-        sandbox_cpu = cpu_secs(sandbox.proc.popen.pid) - sandbox_cpu0
+        sandbox_cpu = cpu_secs(sandbox.pid) - sandbox_cpu0
         serve_cpu = sum(cpu_secs(p) for p in pids) - serve_cpu0
         for s in servers:
             s.wait_drained(120)
@@ -379,7 +379,7 @@ def ingest_rates(tmp: Path, users: int, secs: int, *, paused: bool) -> dict[str,
     if paused:
         sandbox.faults(reject_credentials=True)
     serve = Serve(tmp, tmp / f"data-ingest-{int(paused)}", sandbox, **serve_env(1000, None))
-    pid = serve.proc.popen.pid if serve.proc else 0
+    pid = serve.pid
     try:
         out: dict[str, Any] = {"healthz_rps": wrk_get(f"{serve.url}/healthz", 5, 32)}
         failures = 0.0
@@ -430,7 +430,7 @@ def backlog_rss(tmp: Path, users: int, target_ops: int) -> dict[str, Any]:
             wrk(serve.url, bodies, 10, 4)
             time.sleep(1.1)
             depth = int(serve.status()["queue"]["depth"])
-        pid = serve.proc.popen.pid if serve.proc else 0
+        pid = serve.pid
         rss_now = psutil.Process(pid).memory_info().rss / 2**20
         return {"depth": depth, "rss_mb": rss_now, "hwm_mb": vm_hwm_mb(pid)}
     finally:

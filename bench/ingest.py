@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.compare import Profiler, cpu_secs, serve_env, write_bodies, wrk
 from bench.events import make_events
-from tests.e2e.harness import Sandbox, Serve
+from bench.loopback import Sandbox, Serve
 
 
 def thread_cpu(pid: int) -> dict[int, float]:
@@ -54,7 +54,7 @@ def main() -> None:
         sandbox.faults(reject_credentials=True)
     serve = Serve(tmp, tmp / "data", sandbox, **serve_env(1000, args.database_url))
     try:
-        pid = serve.proc.popen.pid if serve.proc else 0
+        pid = serve.pid
         for batch in args.batch:
             bodies = tmp / f"bodies{batch}.jsonl"
             write_bodies(bodies, events, batch)

@@ -18,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import MappingOutcome
 from posthog_customerio.queue.sqlite import SQLiteQueue
 from posthog_customerio.sources.event import PostHogEvent
 
@@ -27,7 +27,7 @@ from posthog_customerio.sources.event import PostHogEvent
 class OneOp:
     """One ~200-byte event op per event, state marked seen: the common webhook shape."""
 
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
         return [event.distinct_id]
 
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:

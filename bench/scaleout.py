@@ -26,7 +26,7 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.events import bodies_of, make_events, post_all
-from tests.e2e.harness import Sandbox, Serve, wait_until
+from bench.loopback import Sandbox, Serve, wait_until
 
 
 async def admin(dsn: str, sql: str) -> None:

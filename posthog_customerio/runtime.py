@@ -38,7 +38,7 @@ from posthog_customerio.settings import (
 from posthog_customerio.sources.event import PostHogEvent
 
 if TYPE_CHECKING:
-    from posthog_customerio.sources.backfill import FollowState
+    from posthog_customerio.pipeline.follow import FollowState
 
 log = logging.getLogger("posthog_customerio.runtime")
 
@@ -287,48 +287,17 @@ class Connector:
 
     async def _follow_posthog(self) -> None:
         """``serve --follow-posthog``: the PostHog API source in-process (DESIGN.md §7)."""
-        from posthog_customerio.sources import backfill
-        from posthog_customerio.sources.posthog_api import ApiQuery, PostHogQueryClient
+        from posthog_customerio.pipeline.follow import PostHogFollow
 
-        s = self.settings
-        assert s.posthog_url and s.posthog_project_id and s.posthog_personal_api_key
-        source = backfill.api_source(s.posthog_url, s.posthog_project_id)
-        state = self.follow_state = backfill.FollowState(source)
-        client = PostHogQueryClient(
-            s.posthog_url, s.posthog_project_id, s.posthog_personal_api_key.get_secret_value()
-        )
-        # Without a checkpoint, start at the lag window: history is `backfill`'s job.
-        query = ApiQuery(since=backfill.iso(int((time.time() - s.follow_lag_secs) * 1000)))
+        follower = PostHogFollow.new_events(self.settings)
+        self.follow_state = follower.state
 
         async def ingest(
             events: Sequence[PostHogEvent], *, lane: Lane, checkpoint: Checkpoint | None
         ) -> IngestResult:
             return await self.ingest(events, "posthog_api", lane=lane, checkpoint=checkpoint)
 
-        log.info("following PostHog", extra={"ctx": {"source": source}})
-        try:
-            while not self._stop.is_set():
-                chunks = backfill.follow_chunks(
-                    client,
-                    query,
-                    source,
-                    self.queue.get_checkpoint,
-                    self._stop,
-                    poll_secs=s.follow_poll_secs,
-                    lag_secs=s.follow_lag_secs,
-                    follow=True,
-                    state=state,
-                )
-                try:
-                    await backfill.run(chunks, ingest, backfill.BackfillStats(), stop=self._stop)
-                except Exception as exc:  # the queue refused a chunk: resume from the checkpoint
-                    log.exception("posthog follow failed; retrying")
-                    state.last_error = f"{type(exc).__name__}: {exc}"
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(s.follow_poll_secs):
-                            await self._stop.wait()
-        finally:
-            await client.aclose()
+        await follower.keep_following(ingest, self.queue.get_checkpoint, self._stop)
 
     async def stats(self, max_age_secs: float = 1.0) -> QueueStats:
         """Queue stats, cached briefly so scrapes and page polls stay cheap."""

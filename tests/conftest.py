@@ -1,4 +1,4 @@
-"""Shared test helpers: paths to the shared PostHog samples."""
+"""Shared test helpers: the PostHog samples (tests/samples.py) and PostgreSQL per test."""
 
 from __future__ import annotations
 
@@ -7,16 +7,13 @@ from pathlib import Path
 import pytest
 
 from tests.pg import pg_server, pg_url
+from tests.samples import POSTHOG_SAMPLES
 
 __all__ = ["pg_server", "pg_url"]  # fixtures: PostgreSQL per test (tests/pg.py)
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-POSTHOG_SAMPLES = SHARED / "posthog"
 
 
 @pytest.fixture(scope="session")
 def posthog_samples() -> Path:
-    if not POSTHOG_SAMPLES.is_dir():
-        pytest.fail(f"shared PostHog samples not found at {POSTHOG_SAMPLES}")
+    if not any(POSTHOG_SAMPLES.glob("webhook-*.json")):
+        pytest.fail(f"PostHog samples not found at {POSTHOG_SAMPLES}")
     return POSTHOG_SAMPLES

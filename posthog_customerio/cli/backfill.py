@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import (
@@ -24,25 +24,32 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from posthog_customerio.cli.main import (
+from posthog_customerio.cli.common import (
     ConfigOpt,
+    DatabaseUrlOpt,
     DataDirOpt,
     PluginOpt,
-    _since,
     err,
     fail,
     out,
+    parse_since,
     settings_from,
 )
 from posthog_customerio.errors import ConnectorError, InputError
 from posthog_customerio.mapping.explain import format_explanation
-from posthog_customerio.mapping.mapper import EventMapper
-from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane, Queue
+from posthog_customerio.pipeline.backfill import (
+    DEFAULT_CHUNK_EVENTS,
+    Backfill,
+    BackfillStats,
+    ChunkSource,
+)
+from posthog_customerio.pipeline.dryrun import DryRun
+from posthog_customerio.pipeline.files import ExportFiles
+from posthog_customerio.pipeline.follow import PostHogFollow
+from posthog_customerio.queue.base import Queue
 from posthog_customerio.settings import Settings, secret_values
-from posthog_customerio.sources import backfill as bf
-from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.export_files import BadRow, discover
-from posthog_customerio.sources.posthog_api import ApiQuery, PostHogApiError, PostHogQueryClient
+from posthog_customerio.sources.posthog_api import ApiQuery, iso
 
 
 def backfill(
@@ -84,25 +91,28 @@ def backfill(
     ] = None,
     page_size: Annotated[int, typer.Option(help="API: rows per query.", min=1, max=50_000)] = 1000,
     follow: Annotated[
-        bool, typer.Option("--follow", help="API: keep polling for new events once caught up.")
+        bool,
+        typer.Option(
+            "--follow", help="API: keep polling for new events once caught up.", metavar=""
+        ),
     ] = False,
     poll_secs: Annotated[
         float | None,
         typer.Option(
-            "--poll-secs", help="--follow: poll interval [default: 30].", show_default=False
+            "--poll-secs", help="--follow: poll interval \\[default: 30].", show_default=False
         ),
     ] = None,
     lag_secs: Annotated[
         float | None,
         typer.Option(
             "--lag-secs",
-            help="--follow: re-read this window for late events [default: 300].",
+            help="--follow: re-read this window for late events \\[default: 300].",
             show_default=False,
         ),
     ] = None,
     chunk_events: Annotated[
         int, typer.Option(help="Events per transaction (and checkpoint).", min=1, max=50_000)
-    ] = bf.DEFAULT_CHUNK_EVENTS,
+    ] = DEFAULT_CHUNK_EVENTS,
     max_bad_rows: Annotated[
         int | None,
         typer.Option(
@@ -113,7 +123,11 @@ def backfill(
     ] = None,
     dry_run: Annotated[
         bool,
-        typer.Option("--dry-run", help="Read and map, print what would be sent; write nothing."),
+        typer.Option(
+            "--dry-run",
+            help="Read and map, print what would be sent; write nothing.",
+            metavar="",
+        ),
     ] = False,
     restart: Annotated[
         bool,
@@ -121,12 +135,13 @@ def backfill(
             "--restart",
             help="Ignore saved positions and read from the start "
             "(events already queued are still skipped by uuid).",
+            metavar="",
         ),
     ] = False,
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
-    database_url: Annotated[str | None, typer.Option("--database-url", show_default=False)] = None,
+    database_url: DatabaseUrlOpt = None,
 ) -> None:
     """Enqueue PostHog history (export files, or the query API) with a progress bar; resumable."""
     from posthog_customerio import logs
@@ -152,7 +167,7 @@ def backfill(
         fail("--since, --until, --event and --follow apply to --posthog-url only", 2)
     if follow and until:
         fail("--follow reads new events as they come: it cannot have --until", 2)
-    job: _Job
+    source: ChunkSource
     if api:
         missing = [
             flag
@@ -165,16 +180,16 @@ def backfill(
         ]
         if missing:
             fail(f"--posthog-url needs {', '.join(missing)}", 2)
-        since_ts = _since(since)
-        until_ts = _since(until)
+        since_ts = parse_since(since)
+        until_ts = parse_since(until)
         assert since_ts is not None
         query = ApiQuery(
-            since=bf.iso(int(since_ts * 1000)),
-            until=bf.iso(int(until_ts * 1000)) if until_ts is not None else None,
+            since=iso(int(since_ts * 1000)),
+            until=iso(int(until_ts * 1000)) if until_ts is not None else None,
             events=tuple(event or ()),
             page_size=page_size,
         )
-        job = _ApiJob(settings, query, follow)
+        source = PostHogFollow(settings, query, follow=follow)
     else:
         try:
             files = discover(list(paths or []))
@@ -182,11 +197,11 @@ def backfill(
             fail(str(exc), 2)
         if not files:
             fail("no export files found (.jsonl, .ndjson, .json, .csv, optionally .gz)", 2)
-        job = _FileJob(files)
+        source = ExportFiles(files)
     try:
         code = asyncio.run(
             _run(
-                job,
+                source,
                 settings,
                 chunk_events=chunk_events,
                 max_bad_rows=max_bad_rows,
@@ -197,81 +212,6 @@ def backfill(
     except ConnectorError as exc:
         fail(str(exc), 1)
     raise typer.Exit(code)
-
-
-# --- what to read ---------------------------------------------------------------------------
-
-
-class _Job:
-    label = ""
-
-    def chunks(
-        self,
-        get_checkpoint: bf.CheckpointFn | None,
-        stats: bf.BackfillStats,
-        stop: asyncio.Event,
-        chunk_events: int,
-    ) -> Any:
-        raise NotImplementedError
-
-    async def aclose(self) -> None:
-        return None
-
-
-class _FileJob(_Job):
-    def __init__(self, files: list[Path]) -> None:
-        self.files = files
-        self.label = f"{len(files)} file{'s' if len(files) != 1 else ''}"
-
-    def chunks(
-        self,
-        get_checkpoint: bf.CheckpointFn | None,
-        stats: bf.BackfillStats,
-        stop: asyncio.Event,
-        chunk_events: int,
-    ) -> Any:
-        return bf.file_chunks(self.files, get_checkpoint, stats, chunk_events=chunk_events)
-
-
-class _ApiJob(_Job):
-    def __init__(self, settings: Settings, query: ApiQuery, follow: bool) -> None:
-        assert settings.posthog_url and settings.posthog_project_id
-        assert settings.posthog_personal_api_key is not None
-        self.settings = settings
-        self.query = query
-        self.follow = follow
-        self.source = bf.api_source(settings.posthog_url, settings.posthog_project_id, query.events)
-        self.label = f"PostHog project {settings.posthog_project_id}"
-        self.client = PostHogQueryClient(
-            settings.posthog_url,
-            settings.posthog_project_id,
-            settings.posthog_personal_api_key.get_secret_value(),
-        )
-
-    def chunks(
-        self,
-        get_checkpoint: bf.CheckpointFn | None,
-        stats: bf.BackfillStats,
-        stop: asyncio.Event,
-        chunk_events: int,
-    ) -> Any:
-        async def none(_: str) -> str | None:
-            return None
-
-        return bf.follow_chunks(
-            self.client,
-            self.query,
-            self.source,
-            get_checkpoint or none,
-            stop,
-            poll_secs=self.settings.follow_poll_secs,
-            lag_secs=self.settings.follow_lag_secs,
-            follow=self.follow,
-            chunk_events=chunk_events,
-        )
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
 
 
 # --- running --------------------------------------------------------------------------------
@@ -310,7 +250,7 @@ def _interruptible(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iter
 
 
 async def _run(
-    job: _Job,
+    source: ChunkSource,
     settings: Settings,
     *,
     chunk_events: int,
@@ -318,56 +258,36 @@ async def _run(
     dry_run: bool,
     restart: bool,
 ) -> int:
-    stop = asyncio.Event()
-    stats = bf.BackfillStats()
     queue: Queue | None = None
     server_running = False
-    dry: bf.DryRun | None = None
-    if dry_run:
-        dry = bf.DryRun(settings.mapping_rules())
-        ingest: bf.IngestFn = dry
-    else:
+    if not dry_run:
         queue, server_running = await _open_queue(settings)
-        mapper = EventMapper(settings.mapping_rules())
-        q = queue
-
-        async def to_queue(
-            events: Sequence[PostHogEvent], *, lane: Lane, checkpoint: Checkpoint | None
-        ) -> IngestResult:
-            return await q.ingest(events, mapper, lane=lane, checkpoint=checkpoint)
-
-        ingest = to_queue
-    get_checkpoint = None if (dry_run or restart or queue is None) else queue.get_checkpoint
+    runner = Backfill(
+        source,
+        settings.mapping_rules(),
+        queue,
+        restart=restart,
+        chunk_events=chunk_events,
+        max_bad_rows=max_bad_rows,
+    )
+    stats = runner.stats
     progress = _progress()
-    task = progress.add_task(f"backfill {job.label}", total=None, counts="")
+    task = progress.add_task(f"backfill {source.label}", total=None, counts="")
 
-    def on_chunk(s: bf.BackfillStats) -> None:
+    def on_chunk(s: BackfillStats) -> None:
         progress.update(task, total=s.bytes_total, completed=s.bytes_done, counts=_counts(s))
 
     def on_bad_row(bad: BadRow) -> None:
         if stats.bad_rows <= 20:
             progress.console.print(f"[yellow]bad row[/] {bad}", markup=True, highlight=False)
 
-    error: ConnectorError | None = None
     try:
-        with progress, _interruptible(asyncio.get_running_loop(), stop):
-            chunks = job.chunks(get_checkpoint, stats, stop, chunk_events)
-            await bf.run(
-                chunks,
-                ingest,
-                stats,
-                max_bad_rows=max_bad_rows,
-                stop=stop,
-                on_chunk=on_chunk,
-                on_bad_row=on_bad_row,
-            )
-    except (bf.TooManyBadRows, PostHogApiError) as exc:
-        error = exc
+        with progress, _interruptible(asyncio.get_running_loop(), runner.stop):
+            error = await runner.run(on_chunk=on_chunk, on_bad_row=on_bad_row)
     finally:
-        await job.aclose()
         if queue is not None:
             await queue.close()
-    _summary(stats, job, dry, server_running, error)
+    _summary(stats, source.label, runner.dry_run, server_running, error)
     if error is not None:
         return 1
     return 130 if stats.stopped else 0
@@ -387,7 +307,7 @@ def _progress() -> Progress:
     )
 
 
-def _counts(s: bf.BackfillStats) -> str:
+def _counts(s: BackfillStats) -> str:
     dropped = sum(s.dropped.values())
     reasons = ", ".join(f"{r} {n}" for r, n in s.dropped.most_common(3))
     text = f"read {s.rows:,}  enqueued {s.accepted:,}  dropped {dropped:,}"
@@ -399,9 +319,9 @@ def _counts(s: bf.BackfillStats) -> str:
 
 
 def _summary(
-    s: bf.BackfillStats,
-    job: _Job,
-    dry: bf.DryRun | None,
+    s: BackfillStats,
+    label: str,
+    dry: DryRun | None,
     server_running: bool,
     error: ConnectorError | None,
 ) -> None:
@@ -416,7 +336,7 @@ def _summary(
     head = "dry run" if dry is not None else "backfill"
     state = "interrupted" if s.stopped else ("stopped" if error else "done")
     out.print(
-        f"{head} {state}: {s.rows:,} rows read from {job.label} in {s.elapsed_secs:.1f} s "
+        f"{head} {state}: {s.rows:,} rows read from {label} in {s.elapsed_secs:.1f} s "
         f"({s.rate:,.0f} rows/s)",
         markup=False,
     )

@@ -7,21 +7,30 @@ option or input at fault; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import asyncio
-import re
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import orjson
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from posthog_customerio import __version__, logs
-from posthog_customerio.errors import ConfigError, ConnectorError, InputError
+from posthog_customerio.cli.backfill import backfill as backfill_cmd
+from posthog_customerio.cli.common import (
+    ConfigOpt,
+    DatabaseUrlOpt,
+    DataDirOpt,
+    PluginOpt,
+    err,
+    fail,
+    out,
+    parse_since,
+    settings_from,
+)
+from posthog_customerio.errors import ConnectorError, InputError
 from posthog_customerio.settings import (
     Settings,
     load_settings,
@@ -42,61 +51,32 @@ app = typer.Typer(
 dead_letters_app = typer.Typer(help="Inspect and resend what Customer.io rejected.")
 app.add_typer(dead_letters_app, name="dead-letters")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 _debug = False
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file.", show_default=False)
-]
-PluginOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--plugin-config",
-        help="The PostHog Customer.io app's config (plugin.json keys) to import.",
-        show_default=False,
-    ),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Where the SQLite queue lives.", show_default=False),
-]
-DatabaseUrlOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url",
-        help="The queue: sqlite:///PATH or postgresql://USER@HOST/DB "
-        "[default: DATA_DIR/connector.db].",
-        show_default=False,
-    ),
-]
 
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-def settings_from(config: Path | None, plugin_config: Path | None, **cli: Any) -> Settings:
-    try:
-        return load_settings(cli=cli, config_file=config, plugin_config=plugin_config)
-    except ConfigError as exc:
-        err.print("[bold red]error:[/] invalid configuration:")
-        for problem in exc.problems:
-            err.print(f"  - {problem}")
-        raise typer.Exit(2) from None
+def _print_version(value: bool) -> None:
+    """Eager, so that ``--version`` alone works without a command."""
+    if value:
+        out.print(__version__)
+        raise typer.Exit(0)
 
 
 @app.callback()
 def root(
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.", metavar="")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version.",
+            metavar="",
+            is_eager=True,
+            callback=_print_version,
+        ),
+    ] = False,
 ) -> None:
     global _debug
     _debug = debug
-    if version:
-        out.print(__version__)
-        raise typer.Exit(0)
 
 
 @app.command()
@@ -104,14 +84,18 @@ def serve(
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
-    host: Annotated[str | None, typer.Option(help="Bind address [default: 127.0.0.1].")] = None,
-    port: Annotated[int | None, typer.Option(help="Port [default: 8787]; 0 picks one.")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address \\[default: 127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port \\[default: 8787]; 0 picks one.")] = None,
     sandbox: Annotated[
-        bool, typer.Option("--sandbox", help="Send to an embedded local sandbox.")
+        bool, typer.Option("--sandbox", help="Send to an embedded local sandbox.", metavar="")
     ] = False,
     insecure_no_auth: Annotated[
         bool,
-        typer.Option("--insecure-no-auth", help="Allow a public bind without a webhook secret."),
+        typer.Option(
+            "--insecure-no-auth",
+            help="Allow a public bind without a webhook secret.",
+            metavar="",
+        ),
     ] = False,
     database_url: DatabaseUrlOpt = None,
     log_format: Annotated[
@@ -123,6 +107,7 @@ def serve(
             "--follow-posthog",
             help="Also poll PostHog's query API for new events (needs posthog_url, "
             "posthog_project_id, posthog_personal_api_key).",
+            metavar="",
         ),
     ] = False,
 ) -> None:
@@ -240,20 +225,6 @@ def sandbox_cmd(
     run_sandbox(host, port, cfg)
 
 
-def _since(value: str | None) -> float | None:
-    """``30m``, ``2h``, ``1d`` ago, or an ISO 8601 time."""
-    if value is None:
-        return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
-    if m:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        return time.time() - float(m.group(1)) * scale
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        fail(f"--since {value!r}: use an ISO 8601 time or a duration like 30m, 2h, 1d", 2)
-
-
 @app.command()
 def status(
     config: ConfigOpt = None,
@@ -262,7 +233,9 @@ def status(
     database_url: DatabaseUrlOpt = None,
     host: Annotated[str | None, typer.Option(help="Where serve listens.")] = None,
     port: Annotated[int | None, typer.Option(help="Where serve listens.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """Queue depth, oldest pending age, delivered, dead-lettered, last error."""
     settings = settings_from(
@@ -359,7 +332,9 @@ def explain(
     ] = None,
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """Print, for each PostHog event, the operations that would be sent or why it is dropped."""
     from posthog_customerio.mapping.explain import explain as run_explain
@@ -407,13 +382,15 @@ def dl_list(
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """List dead letters, newest first."""
     from posthog_customerio import admin
 
     settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
-    after = _since(since)
+    after = parse_since(since)
     rows = _queue_call(
         settings, lambda q: admin.list_dead_letters(q, reason=reason, since=after, limit=limit)
     )
@@ -455,13 +432,13 @@ def _select(ids: list[int] | None, all_: bool, reason: str | None, since: str | 
         return Selection(ids=tuple(ids))
     if not (all_ or reason or since):
         fail("name dead-letter ids, or select with --all / --reason / --since", 2)
-    return Selection(reason=reason, since=_since(since))
+    return Selection(reason=reason, since=parse_since(since))
 
 
 @dead_letters_app.command("replay")
 def dl_replay(
     ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.", metavar="")] = False,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     config: ConfigOpt = None,
@@ -480,7 +457,7 @@ def dl_replay(
 @dead_letters_app.command("purge")
 def dl_purge(
     ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.", metavar="")] = False,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     config: ConfigOpt = None,
@@ -523,13 +500,16 @@ def forget(
         typer.Option(
             "--suppress",
             help="Suppress in Customer.io (delete, and refuse the identifiers from now on).",
+            metavar="",
         ),
     ] = False,
     config: ConfigOpt = None,
     plugin_config: PluginOpt = None,
     data_dir: DataDirOpt = None,
     database_url: DatabaseUrlOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Machine-readable output.", metavar="")
+    ] = False,
 ) -> None:
     """Delete a person in Customer.io and everything the connector keeps about them (GDPR).
 
@@ -567,8 +547,6 @@ def main() -> None:
         sys.exit(130)
 
 
-from posthog_customerio.cli.backfill import backfill as _backfill  # noqa: E402
-
-app.command("backfill")(_backfill)
+app.command("backfill")(backfill_cmd)  # last, where `--help` has always listed it
 
 __all__ = ["app", "main"]

@@ -399,7 +399,7 @@ class DeliveryWorker:
         )
         delay = max(outcome.retry_after or 0.0, backoff)
         await self._queue.retry([op.id for op in live], now + delay, outcome.detail)
-        self._forget(live)
+        self._untrack(live)
         blocked.update(op.partition for op in live)
         self._metrics.operations_retried.labels(outcome.reason).inc(len(live))
         self._state.retried += len(live)
@@ -467,7 +467,7 @@ class DeliveryWorker:
         if not ops:
             return
         await self._queue.ack([op.id for op in ops])
-        self._forget(ops)
+        self._untrack(ops)
         now = self._clock()
         m = self._metrics
         for action, n in Counter(op.action for op in ops).items():  # one increment per action
@@ -501,9 +501,10 @@ class DeliveryWorker:
         if not ops:
             return
         await self._queue.release([op.id for op in ops])
-        self._forget(ops)
+        self._untrack(ops)
 
-    def _forget(self, ops: Sequence[ClaimedOperation]) -> None:
+    def _untrack(self, ops: Sequence[ClaimedOperation]) -> None:
+        """Drop settled operations from ``_claimed`` (what close gives back); not GDPR forget."""
         for op in ops:
             self._claimed.pop(op.id, None)
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.mapper import EventMapper
+from posthog_customerio.mapping.mapper import EventMapper, MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.mapping.rules import MappingRules
 from posthog_customerio.sources.event import PostHogEvent
@@ -64,22 +64,25 @@ def explain(
     known: dict[str, IdentityState] = {} if states is None else states
     out: list[Explanation] = []
     for event in events:
-        related = {i: known[i] for i in mapper.related_ids(event) if i in known}
-        outcome = mapper.map(event, related)
+        states = {i: known[i] for i in mapper.distinct_ids(event) if i in known}
+        outcome = mapper.map(event, states)
         known.update(outcome.states)
-        out.append(
-            Explanation(
-                uuid=event.uuid,
-                event=event.event,
-                distinct_id=event.distinct_id,
-                decision="drop" if outcome.dropped is not None else "send",
-                reason=outcome.dropped,
-                operations=tuple(outcome.operations),
-                truncations=dict(outcome.truncations),
-                notes=(*event.notes, *outcome.notes),
-            )
-        )
+        out.append(explanation(event, outcome))
     return out
+
+
+def explanation(event: PostHogEvent, outcome: MappingOutcome) -> Explanation:
+    """The decision the mapper made for ``event``, as shown to a user."""
+    return Explanation(
+        uuid=event.uuid,
+        event=event.event,
+        distinct_id=event.distinct_id,
+        decision="drop" if outcome.dropped is not None else "send",
+        reason=outcome.dropped,
+        operations=tuple(outcome.operations),
+        truncations=dict(outcome.truncations),
+        notes=(*event.notes, *outcome.notes),
+    )
 
 
 def format_explanation(expl: Explanation) -> str:

@@ -9,17 +9,17 @@ from dataclasses import dataclass, field
 class IdentityState:
     """Sticky per-distinct_id facts; flags only ever turn on.
 
-    ``set_once_keys`` are the attribute keys Customer.io has been sent for this person
+    ``sent_attribute_keys`` are the attribute keys Customer.io has been sent for this person
     (``email`` included), so ``$set_once`` is sent only for keys the person never had and an
     email learnt from a filtered event is still sent with the next allowed one. ``$unset``
     removes keys; a changed email removes ``email``.
 
-    ``related`` are the person → object relationships already sent, as
+    ``relationships`` are the person → object relationships already sent, as
     ``"<object_type_id>:<object_id>"``, so a relationship is sent once, not with every event.
     """
 
     identified: bool = False
     email: str | None = None
     seen: bool = False
-    set_once_keys: frozenset[str] = field(default_factory=frozenset)
-    related: frozenset[str] = field(default_factory=frozenset)
+    sent_attribute_keys: frozenset[str] = field(default_factory=frozenset)
+    relationships: frozenset[str] = field(default_factory=frozenset)

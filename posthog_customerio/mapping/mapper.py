@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.limits import (
@@ -35,12 +36,36 @@ from posthog_customerio.mapping.limits import (
     limit_event_name,
     shrink_mapping,
 )
-from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.operation import OBJECT_IDENTIFY, Endpoint, Operation
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import ulid_from_uuid
-from posthog_customerio.queue.base import MappingOutcome
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.normalize import parse_timestamp_ms
+
+
+@dataclass(frozen=True, slots=True)
+class MappingOutcome:
+    """What a ``Mapper`` returns for one event."""
+
+    states: Mapping[str, IdentityState]
+    operations: Sequence[Operation]
+    dropped: str | None = None  # reason, a stable metric label such as "not_in_allowlist"
+    truncations: Mapping[str, int] = field(default_factory=dict)  # kind -> count
+    notes: Sequence[str] = ()  # human-readable, for explain and logs
+
+
+class Mapper(Protocol):
+    """Pure mapping, as the queue calls it inside its transaction (``EventMapper`` is the one
+    the connector uses; tests inject small ones)."""
+
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
+        """The distinct_ids whose identity state the mapping of ``event`` reads."""
+        ...
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        """Decide the operations for ``event`` given the loaded states."""
+        ...
+
 
 ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
 GROUP_IDENTIFY = "$groupidentify"
@@ -130,7 +155,7 @@ class EventMapper:
     def rules(self) -> MappingRules:
         return self._rules
 
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
         """The distinct_id, plus the alias of ``$create_alias``/``$merge_dangerously``."""
         if event.event in ALIAS_EVENTS:
             alias = _alias(event)
@@ -232,28 +257,28 @@ class _Mapping:
             self.notes.append("personless event ($process_person_profile: false): anonymous")
         self.identified = prev.identified or (flag and not self.personless)
         self.email = self._learn_email()
-        keys = prev.set_once_keys
+        keys = prev.sent_attribute_keys
         if self.email != prev.email and "email" in keys:
             keys = keys - {"email"}  # Customer.io has an older address: send the new one
-        related = prev.related
+        relationships = prev.relationships
         if self.rules.identify_by_email and self.email != prev.email:
-            related = frozenset()  # a new identifier is a new profile: relate it again
+            relationships = frozenset()  # a new identifier is a new profile: relate it again
         # The usual event of a known person changes nothing: keep ``prev`` rather than build an
         # equal state (a frozen dataclass is costly to build and to compare).
         if (
             prev.seen
             and self.identified == prev.identified
             and self.email == prev.email
-            and keys is prev.set_once_keys
-            and related is prev.related
+            and keys is prev.sent_attribute_keys
+            and relationships is prev.relationships
         ):
             return
         self.state = IdentityState(
             identified=self.identified,
             email=self.email,
             seen=True,
-            set_once_keys=keys,
-            related=related,
+            sent_attribute_keys=keys,
+            relationships=relationships,
         )
 
     def _learn_email(self) -> str | None:
@@ -370,7 +395,7 @@ class _Mapping:
             Operation(
                 partition=object_partition(type_id, key),
                 endpoint=Endpoint.BATCH,
-                action="object_identify",
+                action=OBJECT_IDENTIFY,
                 body=fitted,
                 event_uuid=self.event.uuid,
             )
@@ -388,7 +413,7 @@ class _Mapping:
         object_types = self.rules.object_types
         if not object_types or not isinstance(groups, dict) or self.personless:
             return
-        related = self.state.related
+        related = self.state.relationships
         new: dict[str, dict[str, str]] = {}
         for group_type, value in groups.items():
             type_id = object_types.get(group_type)
@@ -419,8 +444,8 @@ class _Mapping:
             identified=state.identified,
             email=state.email,
             seen=True,
-            set_once_keys=state.set_once_keys,
-            related=related | frozenset(new),
+            sent_attribute_keys=state.sent_attribute_keys,
+            relationships=related | frozenset(new),
         )
 
     def _identifiers(self, distinct_id: str, email: str | None) -> dict[str, str]:
@@ -430,7 +455,7 @@ class _Mapping:
 
     def _identify(self, ops: list[Operation]) -> None:
         event, state = self.event, self.state
-        keys = state.set_once_keys
+        keys = state.sent_attribute_keys
         person_updates = not self.personless and bool(event.set or event.set_once or event.unset)
         send_email = self.email is not None and (
             "email" not in keys or ("email" in event.set and not self.personless)
@@ -488,8 +513,8 @@ class _Mapping:
                 identified=state.identified,
                 email=state.email,
                 seen=True,
-                set_once_keys=new_keys,
-                related=state.related,
+                sent_attribute_keys=new_keys,
+                relationships=state.relationships,
             )
         ops.append(self._op(Endpoint.BATCH, "identify", fitted))
 

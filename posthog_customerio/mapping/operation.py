@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+# Customer.io's v2 ``identify`` of ``type: object`` (a person's is plain ``identify``). Until
+# this name, the connector called it ``object_identify`` (a metric label value too).
+OBJECT_IDENTIFY = "object.identify"
+
 
 class Endpoint(StrEnum):
     """Where an operation is sent: one item of ``/api/v2/batch`` or one v1 anonymous event."""
@@ -20,10 +24,10 @@ class Operation:
 
     ``partition`` is the ordering key: operations with the same key are delivered in ingest
     order (one person = one key; one object = ``object:<type_id>:<object_id>``). ``action`` is
-    the envelope action (``identify``, ``event``, ``page``, ``screen``, ``merge``,
-    ``add_relationships``, ``delete``, ``suppress``; ``object_identify`` for an object's
-    ``identify``), used for metrics. ``event_uuid`` is the PostHog uuid the
-    operation came from, kept for the dead-letter view.
+    the v2 envelope action of a person (``identify``, ``event``, ``page``, ``screen``,
+    ``merge``, ``add_relationships``, ``delete``, ``suppress``), or ``object.identify`` for
+    ``type: object, action: identify``; it labels metrics and explain output. ``event_uuid``
+    is the PostHog uuid the operation came from, kept for the dead-letter view.
     """
 
     partition: str

@@ -1,21 +1,20 @@
 """The queue interface: the one durable store behind ingest and delivery.
 
-Two implementations share this contract (and one contract test suite): SQLite, embedded and
-single-process, and PostgreSQL for many processes (later). The queue owns transactions;
-mapping is injected as a pure function so that "load identity state → map → store operations
-and new state" is one atomic step.
+Three implementations share this contract and one contract test suite: SQLite (embedded, one
+process), PostgreSQL (many processes on many machines) and memory (tests, and the reference
+for what the contract means). The queue owns transactions; mapping is injected as a pure
+function, so "load identity state → map → store operations and new state" is one atomic step.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import Mapper
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.sources.event import PostHogEvent
 
@@ -40,29 +39,6 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
-class MappingOutcome:
-    """What the injected mapper returns for one event (see ``mapping.mapper``)."""
-
-    states: Mapping[str, IdentityState]
-    operations: Sequence[Operation]
-    dropped: str | None = None  # reason, a stable metric label such as "not_in_allowlist"
-    truncations: Mapping[str, int] = field(default_factory=dict)  # kind -> count
-    notes: Sequence[str] = ()  # human-readable, for explain and logs
-
-
-class Mapper(Protocol):
-    """Pure mapping, as the queue calls it inside its transaction."""
-
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
-        """The distinct_ids whose state the mapping of ``event`` reads."""
-        ...
-
-    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
-        """Decide the operations for ``event`` given the loaded states."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
 class IngestResult:
     """Counts for one ingest call.
 
@@ -79,50 +55,6 @@ class IngestResult:
     @property
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
-
-
-@dataclass(slots=True)
-class PendingIngest:
-    """One ``ingest`` call waiting to be written, with the future its caller awaits: both
-    queues collect these so that concurrent calls share one transaction."""
-
-    events: Sequence[PostHogEvent]
-    mapper: Mapper
-    lane: Lane
-    checkpoint: Checkpoint | None
-    future: asyncio.Future[IngestResult]
-
-
-@dataclass(slots=True)
-class IngestTally:
-    """The counts of one ingest call, added up event by event; both queues use it so the
-    counting rules live in one place."""
-
-    accepted: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    actions: Counter[str] = field(default_factory=Counter)
-    truncations: Counter[str] = field(default_factory=Counter)
-
-    def add(self, outcome: MappingOutcome) -> None:
-        """Count one mapped event: its operations, or why it produced none."""
-        for op in outcome.operations:
-            self.actions[op.action] += 1
-        if outcome.operations:
-            self.accepted += 1
-        if outcome.dropped is not None:
-            self.dropped[outcome.dropped] += 1
-        elif not outcome.operations:
-            self.dropped["nothing_to_send"] += 1
-        if outcome.truncations:
-            self.truncations.update(outcome.truncations)
-
-    def result(self) -> IngestResult:
-        return IngestResult(
-            accepted=self.accepted,
-            dropped=dict(self.dropped),
-            actions=dict(self.actions),
-            truncations=dict(self.truncations),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,4 +283,4 @@ class StatusQueue(Protocol):
 
 class Queue(QueueLifecycle, IngestQueue, DeliveryQueue, AdminQueue, StatusQueue, Protocol):
     """Durable operations, identity state, event dedup and dead letters: every role at once,
-    as both stores (``SQLiteQueue``, ``PostgresQueue``) provide them."""
+    as every store (``SQLiteQueue``, ``PostgresQueue``, ``MemoryQueue``) provides them."""

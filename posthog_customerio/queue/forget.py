@@ -5,16 +5,22 @@ distinct_id), or when its identifiers name them anywhere else: ``identifiers.id`
 ``identifiers.email`` (a merge's ``primary``/``secondary``, a relationship's people), or a v1
 ``anonymous_id``. The store first narrows the rows with a byte search for each name as JSON
 (``needles``), in SQL, and this module confirms each candidate on the parsed body.
+
+``Erasure`` holds what both stores need between their reads and writes: who is forgotten, how
+to recognise their rows, and the operations that tell Customer.io.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.operation import Operation
+from posthog_customerio.queue.base import Forgetter
 
 
 def names_of(
@@ -67,3 +73,37 @@ def body_names(raw: bytes, ids: frozenset[str], emails: frozenset[str]) -> bool:
             isinstance(r, dict) and _names(r.get("identifiers"), ids, emails) for r in relationships
         )
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    """One ``Queue.forget``: the distinct_ids (in order, once each) and their stored states."""
+
+    targets: tuple[str, ...]
+    states: Mapping[str, IdentityState]
+    ids: frozenset[str]
+    emails: frozenset[str]
+    needles: list[bytes]
+
+    @classmethod
+    def of(cls, targets: Sequence[str], states: Mapping[str, IdentityState]) -> Erasure:
+        ids, emails = names_of(targets, states)
+        return cls(tuple(targets), states, ids, emails, needles(targets, states))
+
+    def names(self, partition: str, body: bytes) -> bool:
+        """Whether a stored operation or dead letter belongs to the people forgotten."""
+        return partition in self.ids or self.mentioned_in(body)
+
+    def mentioned_in(self, body: bytes) -> bool:
+        """Whether a stored body addresses one of them (whatever its partition)."""
+        return body_names(body, self.ids, self.emails)
+
+    def operations(self, forgetter: Forgetter, *, suppress: bool) -> list[Operation]:
+        """The delete (or suppress) operations, person by person, to enqueue last."""
+        return [
+            op
+            for distinct_id in self.targets
+            for op in forgetter.forget_operations(
+                distinct_id, self.states.get(distinct_id), suppress=suppress
+            )
+        ]

@@ -28,7 +28,6 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import asyncpg
@@ -36,34 +35,37 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable, StoreNotFound
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.queue import plan
 from posthog_customerio.queue import postgres_queries as q
 from posthog_customerio.queue.base import (
-    Checkpoint,
     ClaimedOperation,
     DeadLetter,
     ForgetResult,
     Forgetter,
     IngestResult,
-    IngestTally,
     Lane,
-    Mapper,
-    PendingIngest,
     QueueStats,
     Rejection,
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
-from posthog_customerio.queue.forget import body_names, names_of, needles
+from posthog_customerio.queue.forget import Erasure
+from posthog_customerio.queue.group_commit import (
+    GroupCommittedIngest,
+    PendingIngest,
+    settle,
+    take_waiting,
+)
 from posthog_customerio.queue.location import redact_url
 from posthog_customerio.queue.migrations import migrations
-from posthog_customerio.sources.event import PostHogEvent
+from posthog_customerio.queue.rows import claimed_from_row, dead_letter_from_row
+from posthog_customerio.queue.wakeup import WorkSignal
 
 __all__ = ["PostgresQueue", "apply_migrations", "migrate_database", "schema_version"]
 
 log = logging.getLogger("posthog_customerio.queue.postgres")
 
-GROUP_COMMIT_MAX_JOBS = 512
+GROUP_COMMIT_MAX_CALLS = 512
 INGEST_WRITERS = 2  # transactions forming while another commits
 PRUNE_CHUNK_ROWS = 10_000
 DEFAULT_LOCK_TIMEOUT_MS = 5_000
@@ -174,91 +176,20 @@ class _SeenRace(Exception):
     """Another process committed one of this group's uuids between our check and insert."""
 
 
-@dataclass(slots=True)
-class _Planned:
-    """What one job will write if the group commits."""
-
-    result: IngestResult
-    uuids: list[str] = field(default_factory=list)
-    ops: list[tuple[str, str, str, bytes, str, str]] = field(default_factory=list)
-
-
-def _plan_job(
-    job: PendingIngest,
-    seen: set[str],
-    current: dict[str, IdentityState],
-) -> _Planned:
-    """Map one job's events over the group's states; raises (writing nothing) if mapping does."""
-    local: dict[str, IdentityState] = {}
-    local_seen: set[str] = set()
-    planned = _Planned(IngestResult())
-    tally = IngestTally()
-    for event in job.events:
-        if event.uuid in seen or event.uuid in local_seen:
-            tally.dropped["duplicate"] += 1
-            continue
-        local_seen.add(event.uuid)
-        planned.uuids.append(event.uuid)
-        states = {
-            rid: local.get(rid, current.get(rid, IdentityState()))
-            for rid in job.mapper.related_ids(event)
-        }
-        outcome = job.mapper.map(event, states)
-        local.update(outcome.states)
-        for op in outcome.operations:
-            body = orjson.dumps(op.body)
-            planned.ops.append(
-                (
-                    op.partition,
-                    op.endpoint.value,
-                    op.action,
-                    body,
-                    op.event_uuid or event.uuid,
-                    job.lane.value,
-                )
-            )
-        tally.add(outcome)
-    current.update(local)
-    seen |= local_seen
-    planned.result = tally.result()
-    return planned
-
-
-def _claimed(row: Any) -> ClaimedOperation:
-    return ClaimedOperation(
-        id=row[0],
-        partition=row[1],
-        endpoint=Endpoint(row[2]),
-        action=row[3],
-        body_json=bytes(row[4]),
-        attempts=row[5],
-        enqueued_at=row[6],
-        event_uuid=row[7],
-    )
-
-
-def _dead_letter_row(row: Any) -> DeadLetter:
-    return DeadLetter(
-        id=row[0],
-        op_id=row[1],
-        partition=row[2],
-        endpoint=Endpoint(row[3]),
-        action=row[4],
-        body_json=bytes(row[5]),
-        reason=row[6],
-        detail=row[7],
-        request=row[8],
-        response=row[9],
-        status=row[10],
-        created_at=row[11],
-        event_uuid=row[12],
-    )
+async def _insert_operations(conn: Any, rows: Sequence[plan.OperationRow], now: float) -> None:
+    """Insert ``rows`` in order (one statement, one array per column) and add the partitions
+    they start, or move a partition's head back to them."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    inserted = await conn.fetch(q.INSERT_OPERATIONS, *columns, now)
+    heads = plan.partition_heads((row[0], row[1]) for row in inserted)
+    keys = sorted(heads)
+    await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
 
 
 # --- the queue -----------------------------------------------------------------------------
 
 
-class PostgresQueue:
+class PostgresQueue(GroupCommittedIngest):
     """The ``Queue`` on PostgreSQL. Create with :meth:`open`; it connects on :meth:`start` (or
     the first call) and is closed with :meth:`close`.
 
@@ -289,10 +220,10 @@ class PostgresQueue:
         self._closed = False
         self.worker_id: int | None = None
         self.commit_count = 0
-        self._jobs: asyncio.Queue[PendingIngest | None] | None = None
+        self._calls: asyncio.Queue[PendingIngest | None] | None = None
         self._writers: list[asyncio.Task[None]] = []
         self._heartbeat: asyncio.Task[None] | None = None
-        self._work: asyncio.Event | None = None
+        self._work = WorkSignal()
         self.lease_lost_count = 0  # heartbeats that found this worker presumed dead
         # Claimed and not yet settled, op id → partition: only these partitions' leases are
         # renewed, so a claim whose answer was lost (connection cut after COMMIT) expires.
@@ -351,8 +282,7 @@ class PostgresQueue:
                 await pool.close()
                 raise
             self._pool = pool
-            self._jobs = asyncio.Queue()
-            self._work = asyncio.Event()
+            self._calls = asyncio.Queue()
             self._writers = [
                 asyncio.create_task(self._writer(), name=f"pg-ingest-{i}")
                 for i in range(INGEST_WRITERS)
@@ -390,9 +320,9 @@ class PostgresQueue:
         self._closed = True
         if self._pool is None:
             return
-        if self._jobs is not None:
+        if self._calls is not None:
             for _ in self._writers:
-                self._jobs.put_nowait(None)
+                self._calls.put_nowait(None)
             await asyncio.gather(*self._writers, return_exceptions=True)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
@@ -469,171 +399,86 @@ class PostgresQueue:
 
     # -- wake-ups -------------------------------------------------------------------------
 
-    def _signal_work(self) -> None:
-        if self._work is not None:
-            self._work.set()
-
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Sleep until this process adds pending work (ingest, replay, release).
 
         Other processes' work is found by polling: delivery waits at most ``timeout``.
         """
         await self._ready()
-        assert self._work is not None
-        try:
-            async with asyncio.timeout(timeout):
-                await self._work.wait()
-        except TimeoutError:
-            return False
-        self._work.clear()
-        return True
+        return await self._work.wait(timeout)
 
     # -- ingest ---------------------------------------------------------------------------
 
-    async def ingest(
-        self,
-        events: Sequence[PostHogEvent],
-        mapper: Mapper,
-        *,
-        lane: Lane = Lane.LIVE,
-        checkpoint: Checkpoint | None = None,
-    ) -> IngestResult:
-        if not events and checkpoint is None:
-            return IngestResult()
+    async def _enqueue_ingest(self, call: PendingIngest) -> None:
         await self._ready()
-        if self._closed or self._jobs is None:
+        if self._closed or self._calls is None:
             raise QueueUnavailable("the queue is closed")
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        self._jobs.put_nowait(PendingIngest(list(events), mapper, lane, checkpoint, future))
-        result = await future
-        if result.actions:
-            self._signal_work()
-        return result
+        self._calls.put_nowait(call)
 
     async def _writer(self) -> None:
-        assert self._jobs is not None
+        assert self._calls is not None
         while True:
-            first = await self._jobs.get()
+            first = await self._calls.get()
             if first is None:
                 return
-            batch = [first]
-            stopping = False
-            while len(batch) < GROUP_COMMIT_MAX_JOBS:
-                try:
-                    job = self._jobs.get_nowait()
-                except asyncio.QueueEmpty:
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                batch.append(job)
-            await self._run_group(batch)
+            calls, stopping = take_waiting(first, self._calls.get_nowait, GROUP_COMMIT_MAX_CALLS)
+            await self._run_group(calls)
             if stopping:
                 return
 
-    async def _run_group(self, jobs: list[PendingIngest]) -> None:
-        outcomes: list[IngestResult | BaseException] = []
-        error: BaseException | None = None
+    async def _run_group(self, calls: list[PendingIngest]) -> None:
+        """One transaction for ``calls`` (again if another process won a uuid meanwhile); a
+        failed transaction fails every call with QueueUnavailable."""
+        error: BaseException = QueueUnavailable("concurrent ingest of the same uuids; try again")
         for _attempt in range(SEEN_RACE_ATTEMPTS):
             try:
                 async with (
                     self._pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn,
                     conn.transaction(),
                 ):
-                    outcomes = await self._ingest_group(conn, jobs)
-                self.commit_count += 1
-                error = None
-                break
+                    results = await self._ingest_group(conn, calls)
             except _SeenRace:
-                error = QueueUnavailable("concurrent ingest of the same uuids; try again")
+                continue
             except Exception as exc:
                 error = _translate(exc)
                 if not isinstance(error, QueueUnavailable):
                     error = QueueUnavailable(f"the transaction failed: {exc!r}")
                     error.__cause__ = exc
                 break
-        for i, job in enumerate(jobs):
-            if job.future.done():
-                continue
-            if error is not None:
-                job.future.set_exception(error)
-            elif isinstance(outcomes[i], BaseException):
-                job.future.set_exception(outcomes[i])  # type: ignore[arg-type]
-            else:
-                job.future.set_result(outcomes[i])  # type: ignore[arg-type]
+            self.commit_count += 1
+            settle(calls, results)
+            return
+        settle(calls, [error] * len(calls))
 
     async def _ingest_group(
-        self, conn: Any, jobs: list[PendingIngest]
-    ) -> list[IngestResult | BaseException]:
+        self, conn: Any, calls: list[PendingIngest]
+    ) -> list[IngestResult | Exception]:
+        """Lock the identity rows the calls read, check dedup under those locks, plan
+        (``queue.plan``) and write; raises _SeenRace when another process won a uuid."""
         now = time.time()
-        related: set[str] = set()
-        failed: dict[int, BaseException] = {}
-        for i, job in enumerate(jobs):
-            try:
-                for event in job.events:
-                    related.update(job.mapper.related_ids(event))
-            except Exception as exc:
-                failed[i] = exc
+        read = plan.reads(calls)
         stored: dict[str, IdentityState] = {}
-        if related:
-            rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(related), _EMPTY_STATE, now)
+        if read.distinct_ids:
+            rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(read.distinct_ids), _EMPTY_STATE, now)
             stored = {row[0]: decode_state(bytes(row[1])) for row in rows}
-        uuids = sorted(
-            {e.uuid for i, job in enumerate(jobs) if i not in failed for e in job.events}
-        )
+        uuids = sorted(read.uuids)
         seen = {row[0] for row in await conn.fetch(q.SEEN_ALREADY, uuids)} if uuids else set()
-        current = dict(stored)
-        outcomes: list[IngestResult | BaseException] = []
-        new_uuids: list[str] = []
-        ops: list[tuple[str, str, str, bytes, str, str]] = []
-        checkpoints: dict[str, str] = {}
-        for i, job in enumerate(jobs):
-            if i in failed:
-                outcomes.append(failed[i])
-                continue
-            snapshot_current, snapshot_seen = dict(current), set(seen)
-            try:
-                planned = _plan_job(job, seen, current)
-            except Exception as exc:  # a mapper bug: this call fails, the others go on
-                current, seen = snapshot_current, snapshot_seen
-                outcomes.append(exc)
-                continue
-            new_uuids.extend(planned.uuids)
-            ops.extend(planned.ops)
-            if job.checkpoint is not None:
-                checkpoints[job.checkpoint.source] = job.checkpoint.position
-            outcomes.append(planned.result)
-        if new_uuids:
-            ordered = sorted(new_uuids)
+        planned = plan.plan(calls, read, seen, stored)
+        if planned.new_uuids:
+            ordered = sorted(planned.new_uuids)
             inserted = await conn.fetch(q.MARK_SEEN, ordered, now)
             if len(inserted) != len(ordered):
                 raise _SeenRace()
-        if ops:
-            rows = await conn.fetch(
-                q.INSERT_OPERATIONS,
-                [o[0] for o in ops],
-                [o[1] for o in ops],
-                [o[2] for o in ops],
-                [o[3] for o in ops],
-                [len(o[3]) for o in ops],
-                [o[4] for o in ops],
-                [o[5] for o in ops],
-                now,
-            )
-            heads: dict[str, int] = {}
-            for op_id, partition in rows:
-                if partition not in heads or op_id < heads[partition]:
-                    heads[partition] = op_id
-            keys = sorted(heads)
-            await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
-        changed = sorted(k for k, v in current.items() if stored.get(k) != v)
+        if planned.rows:
+            await _insert_operations(conn, planned.rows, now)
+        changed = sorted(planned.states)
         if changed:
             await conn.execute(
-                q.PUT_IDENTITIES, changed, [encode_state(current[k]) for k in changed], now
+                q.PUT_IDENTITIES, changed, [encode_state(planned.states[k]) for k in changed], now
             )
-        for source, position in sorted(checkpoints.items()):
+        for source, position in sorted(planned.checkpoints.items()):
             await conn.execute(q.PUT_CHECKPOINT, source, position, now)
-        return outcomes
+        return planned.results
 
     async def get_checkpoint(self, source: str) -> str | None:
         pool = await self._ready()
@@ -658,7 +503,7 @@ class PostgresQueue:
             rows = await conn.fetch(
                 q.CLAIM, max_ops, max_bytes, self.worker_id, lane_values, self.lease_secs
             )
-        claimed = sorted((_claimed(row) for row in rows), key=lambda op: op.id)
+        claimed = sorted((claimed_from_row(row) for row in rows), key=lambda op: op.id)
         self._outstanding.update((op.id, op.partition) for op in claimed)
         return claimed
 
@@ -721,7 +566,7 @@ class PostgresQueue:
 
         await self._settle(op_ids, action, delivered=False)
         if op_ids:
-            self._signal_work()
+            self._work.set()
 
     async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
         by_id = {r.op_id: r for r in rejections}
@@ -785,13 +630,13 @@ class PostgresQueue:
         pool = await self._ready()
         async with _translated():
             rows = await pool.fetch(q.LIST_DEAD_LETTERS, reason, since, limit)
-        return [_dead_letter_row(row) for row in rows]
+        return [dead_letter_from_row(row) for row in rows]
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         pool = await self._ready()
         async with _translated():
             row = await pool.fetchrow(q.GET_DEAD_LETTER, dead_letter_id)
-        return _dead_letter_row(row) if row is not None else None
+        return dead_letter_from_row(row) if row is not None else None
 
     async def dead_letter_ids(
         self, reason: str | None = None, since: float | None = None
@@ -812,15 +657,13 @@ class PostgresQueue:
             conn.transaction(),
         ):
             rows = await conn.fetch(q.REPLAY_DEAD_LETTERS, sorted(set(ids)), time.time())
-            heads: dict[str, int] = {}
-            for op_id, partition in rows:
-                heads[partition] = min(op_id, heads.get(partition, op_id))
+            heads = plan.partition_heads((row[0], row[1]) for row in rows)
             if heads:
                 keys = sorted(heads)
                 await conn.execute(q.ADD_PARTITIONS, keys, [heads[k] for k in keys])
         replayed = len(rows)
         if replayed:
-            self._signal_work()
+            self._work.set()
         return replayed
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int:
@@ -850,7 +693,7 @@ class PostgresQueue:
         ):
             result = await self._forget(conn, targets, forgetter, suppress, now)
         if result.enqueued:
-            self._signal_work()
+            self._work.set()
         return result
 
     async def _forget(
@@ -861,16 +704,13 @@ class PostgresQueue:
         rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(targets), _EMPTY_STATE, now)
         decoded = ((row[0], decode_state(bytes(row[1]))) for row in rows)
         states = {d: state for d, state in decoded if state != IdentityState()}
-        ids, emails = names_of(targets, states)
-        search = needles(targets, states)
+        erasure = Erasure.of(targets, states)
 
-        candidates = await conn.fetch(q.FORGET_OPERATION_CANDIDATES, targets, search)
+        candidates = await conn.fetch(q.FORGET_OPERATION_CANDIDATES, targets, erasure.needles)
         chosen = [
-            (row[0], row[1], row[3])
-            for row in candidates
-            if row[1] in ids or body_names(bytes(row[2]), ids, emails)
+            (row[0], row[1], row[3]) for row in candidates if erasure.names(row[1], bytes(row[2]))
         ]
-        keys = sorted({partition for _, partition, _ in chosen} | ids)
+        keys = sorted({partition for _, partition, _ in chosen} | erasure.ids)
         await conn.fetch(q.LOCK_PARTITIONS, keys)
         deleted = await conn.fetch(q.DELETE_UNCLAIMED_OPERATIONS, [c[0] for c in chosen])
         await conn.execute(q.DELETE_EMPTY_PARTITIONS, keys)
@@ -878,39 +718,18 @@ class PostgresQueue:
 
         letters = [
             row[0]
-            for row in await conn.fetch(q.FORGET_DEAD_LETTER_CANDIDATES, targets, search)
-            if row[1] in ids or body_names(bytes(row[2]), ids, emails)
+            for row in await conn.fetch(q.FORGET_DEAD_LETTER_CANDIDATES, targets, erasure.needles)
+            if erasure.names(row[1], bytes(row[2]))
         ]
         if letters:
             await conn.execute(q.PURGE_DEAD_LETTERS, letters)
         await conn.execute(q.DELETE_IDENTITIES, targets)
         await conn.execute(q.RECORD_FORGOTTEN, targets, now)
 
-        ops = [
-            op
-            for distinct_id in targets
-            for op in forgetter.forget_operations(
-                distinct_id, states.get(distinct_id), suppress=suppress
-            )
-        ]
+        ops = erasure.operations(forgetter, suppress=suppress)
         if ops:
-            bodies = [orjson.dumps(op.body) for op in ops]
-            inserted = await conn.fetch(
-                q.INSERT_OPERATIONS,
-                [op.partition for op in ops],
-                [op.endpoint.value for op in ops],
-                [op.action for op in ops],
-                bodies,
-                [len(b) for b in bodies],
-                [op.event_uuid for op in ops],
-                [Lane.LIVE.value] * len(ops),
-                now,
-            )
-            heads: dict[str, int] = {}
-            for op_id, partition in inserted:
-                heads[partition] = min(op_id, heads.get(partition, op_id))
-            new_keys = sorted(heads)
-            await conn.execute(q.ADD_PARTITIONS, new_keys, [heads[k] for k in new_keys])
+            rows = [plan.operation_row(op, Lane.LIVE.value) for op in ops]
+            await _insert_operations(conn, rows, now)
         return ForgetResult(
             distinct_ids=tuple(targets),
             identities=len(states),

@@ -60,7 +60,7 @@ SELECT k, h FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS t(k, h, n) 
 ON CONFLICT (partition_key) DO UPDATE SET head_id = least(partitions.head_id, excluded.head_id)
 """
 # Upsert (not UPDATE) in key order: a state the mapper returns for an id it did not list in
-# related_ids is still written, never lost.
+# distinct_ids is still written, never lost.
 PUT_IDENTITIES = """
 INSERT INTO identity (distinct_id, state, updated_at)
 SELECT id, state, $3 FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS t(id, state, n)
@@ -128,8 +128,8 @@ WITH cand AS (
 )
 UPDATE operations o SET claimed_by = $3
 FROM picked WHERE o.id = picked.id
-RETURNING o.id, o.partition_key, o.endpoint, o.action, o.body, o.attempts, o.enqueued_at,
-          o.event_uuid
+RETURNING o.id, o.partition_key, o.endpoint, o.action, o.body, o.size, o.attempts,
+          o.enqueued_at, o.event_uuid
 """
 
 # --- settle (ack, retry, release, dead letter) ----------------------------------------------

@@ -34,27 +34,30 @@ import orjson
 
 from posthog_customerio.errors import QueueUnavailable, StoreNotFound
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.queue import plan
 from posthog_customerio.queue import sqlite_queries as q
 from posthog_customerio.queue.base import (
-    Checkpoint,
     ClaimedOperation,
     DeadLetter,
     ForgetResult,
     Forgetter,
     IngestResult,
-    IngestTally,
     Lane,
-    Mapper,
-    PendingIngest,
     QueueStats,
     Rejection,
     WorkerInfo,
 )
 from posthog_customerio.queue.codec import decode_state, encode_state
-from posthog_customerio.queue.forget import body_names, names_of, needles
+from posthog_customerio.queue.forget import Erasure
+from posthog_customerio.queue.group_commit import (
+    GroupCommittedIngest,
+    PendingIngest,
+    settle,
+    take_waiting,
+)
 from posthog_customerio.queue.migrations import migrations
-from posthog_customerio.sources.event import PostHogEvent
+from posthog_customerio.queue.rows import claimed_from_row, dead_letter_from_row
+from posthog_customerio.queue.wakeup import WorkSignal
 
 __all__ = ["SQLiteQueue", "apply_migrations", "migrate_file", "owner_running"]
 
@@ -295,16 +298,7 @@ class _Writer:
                 first = self._jobs.get()
                 if first is None:
                     break
-                batch = [first]
-                while len(batch) < GROUP_COMMIT_MAX_JOBS:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    batch.append(job)
+                batch, stopping = take_waiting(first, self._jobs.get_nowait, GROUP_COMMIT_MAX_JOBS)
                 self._run_batch(conn, batch)
         finally:
             conn.close()
@@ -387,163 +381,65 @@ class _Checkpointer:
 _Row = tuple[Any, ...]
 
 
-def _store_operation(
-    conn: sqlite3.Connection,
-    op: Operation,
-    event_uuid: str,
-    now: float,
-    lane: Lane,
-    known_partitions: set[str],
+def _insert_operations(
+    conn: sqlite3.Connection, rows: Sequence[plan.OperationRow], now: float
 ) -> None:
-    """Insert one operation; register its partition the first time this job sees it."""
-    body = orjson.dumps(op.body)
-    cursor = conn.execute(
-        q.INSERT_OPERATION,
-        (op.partition, op.endpoint.value, op.action, body, len(body), event_uuid, now, lane.value),
-    )
-    conn.execute(q.OPERATIONS_ADDED, (1,))
-    if op.partition not in known_partitions:
-        conn.execute(q.ADD_PARTITION, (op.partition, cursor.lastrowid, lane.value))
-        known_partitions.add(op.partition)
+    """Insert ``rows`` in order and register the partitions they start.
 
-
-_Outcome = tuple[IngestResult | None, BaseException | None]
-
-
-def _ingest_isolated(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[_Outcome]:
-    """All waiting calls in one pass; if that fails, each alone, so a bad call fails only itself.
-
-    The pass over all of them is what makes single-event webhooks cheap under load: one set of
-    statements per group of requests instead of one per request.
+    The writer numbers the rows itself (it is the only writer inside BEGIN IMMEDIATE), so it
+    knows each partition's head without reading ``lastrowid`` row by row.
     """
-    conn.execute("SAVEPOINT ingest")
-    try:
-        results = _ingest(calls, conn)
-    except Exception as exc:
-        if not conn.in_transaction:
-            raise  # SQLite rolled the whole transaction back: the writer fails the batch
-        conn.execute("ROLLBACK TO ingest")
-        conn.execute("RELEASE ingest")
-        if len(calls) == 1:
-            return [(None, _translate(exc))]
-        return [outcome for call in calls for outcome in _ingest_isolated([call], conn)]
-    conn.execute("RELEASE ingest")
-    return [(result, None) for result in results]
+    if not rows:
+        return
+    first_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
+    conn.executemany(
+        q.INSERT_OPERATION_WITH_ID,
+        [
+            (op_id, partition, endpoint, action, body, size, event_uuid, now, lane)
+            for op_id, (partition, endpoint, action, body, size, event_uuid, lane) in enumerate(
+                rows, first_id
+            )
+        ],
+    )
+    conn.execute(q.OPERATIONS_ADDED, (len(rows),))
+    heads = plan.partition_heads((op_id, row[0]) for op_id, row in enumerate(rows, first_id))
+    conn.executemany(
+        q.ADD_PARTITION, [(key, head, rows[head - first_id][6]) for key, head in heads.items()]
+    )
 
 
-def _ingest(calls: Sequence[PendingIngest], conn: sqlite3.Connection) -> list[IngestResult]:
-    """Map and store the events of ``calls`` in order, set-at-a-time.
+def _ingest(
+    calls: Sequence[PendingIngest], conn: sqlite3.Connection
+) -> list[IngestResult | Exception]:
+    """Plan the waiting calls together (``queue.plan``) and write the plan set-at-a-time.
 
     Per-row statements were the largest cost of batched webhooks (every ``execute`` is a trip
     through the sqlite3 module and a statement reset): here the uuids already seen and the
     identity states are read with one statement each and the rows written with
     ``executemany``, a fixed number of statements however many events and calls there are.
-    Later calls see the uuids and identity states of earlier ones, as if run one by one.
     """
     now = time.time()
-    seen = {
-        row[0]
-        for row in conn.execute(
-            q.SEEN_AMONG, (_json_array(e.uuid for call in calls for e in call.events),)
-        )
-    }
-    fresh: list[list[PostHogEvent]] = []
-    duplicates: list[int] = []
-    new_uuids: list[tuple[str, float]] = []
-    for call in calls:
-        kept: list[PostHogEvent] = []
-        for event in call.events:
-            if event.uuid not in seen:  # else seen before, or earlier in these same calls
-                seen.add(event.uuid)
-                kept.append(event)
-                new_uuids.append((event.uuid, now))
-        fresh.append(kept)
-        duplicates.append(len(call.events) - len(kept))
-    conn.executemany(q.MARK_SEEN, new_uuids)
-
-    related = [
-        [call.mapper.related_ids(event) for event in kept]
-        for call, kept in zip(calls, fresh, strict=True)
-    ]
-    wanted = {distinct_id for per_call in related for ids in per_call for distinct_id in ids}
-    stored: dict[str, IdentityState] = {  # as read from the table, to write only changes
+    read = plan.reads(calls)
+    seen = {row[0] for row in conn.execute(q.SEEN_AMONG, (_json_array(read.uuids),))}
+    stored = {
         distinct_id: decode_state(raw)
-        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(wanted),))
+        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(read.distinct_ids),))
     }
-    blank = IdentityState()
-    current = {distinct_id: stored.get(distinct_id, blank) for distinct_id in wanted}
-
-    next_id = conn.execute(q.LAST_OPERATION_ID).fetchone()[0] + 1
-    rows: list[tuple[Any, ...]] = []
-    heads: dict[str, tuple[int, str]] = {}  # partition → its first operation (id, lane) here
-    results: list[IngestResult] = []
-    for call, kept, per_call, duplicate in zip(calls, fresh, related, duplicates, strict=True):
-        mapper, lane = call.mapper, call.lane.value
-        tally = IngestTally()
-        if duplicate:
-            tally.dropped["duplicate"] = duplicate
-        for event, ids in zip(kept, per_call, strict=True):
-            outcome = mapper.map(event, {distinct_id: current[distinct_id] for distinct_id in ids})
-            current.update(outcome.states)
-            for op in outcome.operations:
-                body = orjson.dumps(op.body)
-                rows.append(
-                    (
-                        next_id,
-                        op.partition,
-                        op.endpoint.value,
-                        op.action,
-                        body,
-                        len(body),
-                        op.event_uuid or event.uuid,
-                        now,
-                        lane,
-                    )
-                )
-                if op.partition not in heads:
-                    heads[op.partition] = (next_id, lane)
-                next_id += 1
-            tally.add(outcome)
-        results.append(tally.result())
-    conn.executemany(q.INSERT_OPERATION_WITH_ID, rows)
-    if rows:
-        conn.execute(q.OPERATIONS_ADDED, (len(rows),))
-    conn.executemany(q.ADD_PARTITION, [(key, *head) for key, head in heads.items()])
+    planned = plan.plan(calls, read, seen, stored)
+    conn.executemany(q.MARK_SEEN, [(uuid, now) for uuid in planned.new_uuids])
+    _insert_operations(conn, planned.rows, now)
     conn.executemany(
         q.PUT_IDENTITY,
-        [
-            (distinct_id, encode_state(state), now)
-            for distinct_id, state in current.items()
-            if stored.get(distinct_id, blank) != state
-        ],
+        [(distinct_id, encode_state(state), now) for distinct_id, state in planned.states.items()],
     )
-    for call in calls:  # in this savepoint: committed with the operations or not at all
-        if call.checkpoint is not None:
-            checkpoint = call.checkpoint
-            conn.execute(q.PUT_CHECKPOINT, (checkpoint.source, checkpoint.position, now))
-    return results
+    for source, position in planned.checkpoints.items():  # committed with the rows, or not
+        conn.execute(q.PUT_CHECKPOINT, (source, position, now))
+    return planned.results
 
 
 def _json_array(values: Iterable[str]) -> str:
     """A JSON array of strings, the one parameter of the ``json_each`` lookups."""
     return orjson.dumps(list(values)).decode()
-
-
-_ENDPOINTS = {endpoint.value: endpoint for endpoint in Endpoint}  # Endpoint(x) is slow
-
-
-def _claimed(row: _Row) -> ClaimedOperation:
-    op_id, partition, endpoint, action, body, _size, attempts, enqueued_at, event_uuid = row
-    return ClaimedOperation(
-        id=op_id,
-        partition=partition,
-        endpoint=_ENDPOINTS[endpoint],
-        action=action,
-        body_json=bytes(body),
-        attempts=attempts,
-        enqueued_at=enqueued_at,
-        event_uuid=event_uuid,
-    )
 
 
 def _claim(
@@ -722,46 +618,18 @@ def _dead_letter(rejections: Sequence[Rejection], conn: sqlite3.Connection) -> N
     _settle_partitions(conn, _touch(conn, list(by_id), move))
 
 
-def _dead_letter_row(row: _Row) -> DeadLetter:
-    (dl_id, op_id, partition, endpoint, action, body, reason, detail, request, response) = row[:10]
-    status, created_at, event_uuid = row[10:]
-    return DeadLetter(
-        id=dl_id,
-        op_id=op_id,
-        partition=partition,
-        endpoint=Endpoint(endpoint),
-        action=action,
-        body_json=bytes(body),
-        reason=reason,
-        detail=detail,
-        request=request,
-        response=response,
-        status=status,
-        created_at=created_at,
-        event_uuid=event_uuid,
-    )
-
-
 def _replay(ids: Sequence[int], conn: sqlite3.Connection) -> int:
-    now = time.time()
-    replayed = 0
-    known_partitions: set[str] = set()
+    rows: list[plan.OperationRow] = []
     for dl_id in sorted(set(ids)):
         row = conn.execute(q.GET_DEAD_LETTER_FOR_REPLAY, (dl_id,)).fetchone()
         if row is None:
             continue
         partition, endpoint, action, body, event_uuid = row
-        cursor = conn.execute(  # a replay is an operator asking for it now: the live lane
-            q.INSERT_OPERATION,
-            (partition, endpoint, action, body, len(body), event_uuid, now, Lane.LIVE.value),
-        )
-        conn.execute(q.OPERATIONS_ADDED, (1,))
-        if partition not in known_partitions:
-            conn.execute(q.ADD_PARTITION, (partition, cursor.lastrowid, Lane.LIVE.value))
-            known_partitions.add(partition)
+        # a replay is an operator asking for it now: the live lane
+        rows.append((partition, endpoint, action, body, len(body), event_uuid, Lane.LIVE.value))
         conn.execute(q.DELETE_DEAD_LETTER, (dl_id,))
-        replayed += 1
-    return replayed
+    _insert_operations(conn, rows, time.time())
+    return len(rows)
 
 
 def _purge(ids: Sequence[int], conn: sqlite3.Connection) -> int:
@@ -782,8 +650,7 @@ def _forget(
         row = conn.execute(q.GET_IDENTITY, (distinct_id,)).fetchone()
         if row is not None:
             states[distinct_id] = decode_state(row[0])
-    ids, emails = names_of(targets, states)
-    search = needles(targets, states)
+    erasure = Erasure.of(targets, states)
 
     doomed: dict[int, str] = {}  # op id -> partition; claimed ones are left to deliver
     in_flight: set[int] = set()
@@ -792,11 +659,11 @@ def _forget(
         for distinct_id in targets
         for op_id, claimed in conn.execute(q.PARTITION_OPERATIONS, (distinct_id,)).fetchall()
     ]
-    for needle in search:
+    for needle in erasure.needles:
         for op_id, partition, body, claimed in conn.execute(
             q.OPERATIONS_CONTAINING, (needle,)
         ).fetchall():
-            if partition not in ids and body_names(bytes(body), ids, emails):
+            if partition not in erasure.ids and erasure.mentioned_in(bytes(body)):
                 found.append((op_id, partition, claimed))
     for op_id, partition, claimed in found:
         if claimed:
@@ -809,30 +676,25 @@ def _forget(
     letters: set[int] = set()
     for distinct_id in targets:
         letters.update(row[0] for row in conn.execute(q.PARTITION_DEAD_LETTERS, (distinct_id,)))
-    for needle in search:
+    for needle in erasure.needles:
         for dl_id, body in conn.execute(q.DEAD_LETTERS_CONTAINING, (needle,)).fetchall():
-            if dl_id not in letters and body_names(bytes(body), ids, emails):
+            if dl_id not in letters and erasure.mentioned_in(bytes(body)):
                 letters.add(dl_id)
     conn.executemany(q.DELETE_DEAD_LETTER, ((dl_id,) for dl_id in letters))
 
     identities = 0
-    enqueued = 0
-    partitions: set[str] = set()
     for distinct_id in targets:
         identities += conn.execute(q.DELETE_IDENTITY, (distinct_id,)).rowcount
         conn.execute(q.RECORD_FORGOTTEN, (distinct_id, now))
-        for op in forgetter.forget_operations(
-            distinct_id, states.get(distinct_id), suppress=suppress
-        ):
-            _store_operation(conn, op, op.event_uuid, now, Lane.LIVE, partitions)
-            enqueued += 1
+    ops = erasure.operations(forgetter, suppress=suppress)
+    _insert_operations(conn, [plan.operation_row(op, Lane.LIVE.value) for op in ops], now)
     return ForgetResult(
         distinct_ids=tuple(targets),
         identities=identities,
         operations=len(doomed),
         dead_letters=len(letters),
         in_flight=len(in_flight),
-        enqueued=enqueued,
+        enqueued=len(ops),
     )
 
 
@@ -881,7 +743,7 @@ def owner_running(path: Path) -> bool:
         os.close(fd)
 
 
-class SQLiteQueue:
+class SQLiteQueue(GroupCommittedIngest):
     """The ``Queue`` on one SQLite file. Construct (no I/O), :meth:`start`, :meth:`close`;
     :meth:`open` constructs and starts at once."""
 
@@ -908,7 +770,7 @@ class SQLiteQueue:
         self._started = False
         self._closed = False
         self._opened_at = time.time()
-        self._work: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._work = WorkSignal()
         self._background: set[asyncio.Task[None]] = set()
         # Ingest calls waiting for the writer: it takes all of them at once (_take_and_ingest).
         self._ingest_lock = threading.Lock()
@@ -964,44 +826,17 @@ class SQLiteQueue:
 
     # -- wake-ups -------------------------------------------------------------------------
 
-    def _work_event(self) -> asyncio.Event:
-        loop = asyncio.get_running_loop()
-        if self._work is None or self._work[0] is not loop:
-            self._work = (loop, asyncio.Event())
-        return self._work[1]
-
-    def _signal_work(self) -> None:
-        self._work_event().set()
-
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
         """Sleep until an ingest, replay or release of this process adds pending work.
 
         Returns False on timeout. Delivery should still poll with a timeout: blocked
         partitions expire, and other processes (a CLI replay) do not wake this one.
         """
-        event = self._work_event()
-        try:
-            async with asyncio.timeout(timeout):
-                await event.wait()
-        except TimeoutError:
-            return False
-        event.clear()
-        return True
+        return await self._work.wait(timeout)
 
     # -- Queue ----------------------------------------------------------------------------
 
-    async def ingest(
-        self,
-        events: Sequence[PostHogEvent],
-        mapper: Mapper,
-        *,
-        lane: Lane = Lane.LIVE,
-        checkpoint: Checkpoint | None = None,
-    ) -> IngestResult:
-        if not events and checkpoint is None:
-            return IngestResult()
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        call = PendingIngest(list(events), mapper, lane, checkpoint, future)
+    async def _enqueue_ingest(self, call: PendingIngest) -> None:
         with self._ingest_lock:
             self._ingest_calls.append(call)
             first = len(self._ingest_calls) == 1
@@ -1014,22 +849,18 @@ class SQLiteQueue:
                     self._ingest_calls.remove(call)
                 raise
             job.add_done_callback(partial(self._settle_ingests, taken))
-        result = await future
-        if result.actions:
-            self._signal_work()
-        return result
 
     def _take_and_ingest(
         self, taken: list[PendingIngest], conn: sqlite3.Connection
-    ) -> list[_Outcome]:
-        """Writer thread: every ingest call waiting right now, in one savepoint if possible."""
+    ) -> list[IngestResult | Exception]:
+        """Writer thread: every ingest call waiting right now, in this one job."""
         with self._ingest_lock:
             taken.extend(self._ingest_calls)
             self._ingest_calls = []
-        return _ingest_isolated(taken, conn)
+        return _ingest(taken, conn)
 
     def _settle_ingests(
-        self, taken: list[PendingIngest], job: asyncio.Future[list[_Outcome]]
+        self, taken: list[PendingIngest], job: asyncio.Future[list[IngestResult | Exception]]
     ) -> None:
         """Loop thread, after the COMMIT (or its failure): answer each call's caller."""
         if job.cancelled() or job.exception() is not None:
@@ -1039,16 +870,9 @@ class SQLiteQueue:
                 with self._ingest_lock:
                     taken.extend(self._ingest_calls)
                     self._ingest_calls = []
-            outcomes: list[_Outcome] = [(None, error)] * len(taken)
+            settle(taken, [error] * len(taken))
         else:
-            outcomes = job.result()
-        for call, (result, failure) in zip(taken, outcomes, strict=True):
-            if call.future.done():  # the caller gave up; what committed stays committed
-                continue
-            if failure is not None:
-                call.future.set_exception(failure)
-            else:
-                call.future.set_result(result or IngestResult())
+            settle(taken, job.result())
 
     async def get_checkpoint(self, source: str) -> str | None:
         def job(conn: sqlite3.Connection) -> str | None:
@@ -1063,7 +887,7 @@ class SQLiteQueue:
         rows = await self._writer.run(
             partial(_claim, max_ops, max_bytes, now, lanes), on_orphan=self._release_orphaned
         )
-        return [_claimed(row) for row in rows]
+        return [claimed_from_row(row) for row in rows]
 
     def _release_orphaned(self, rows: list[_Row]) -> None:
         if rows:
@@ -1087,7 +911,7 @@ class SQLiteQueue:
     async def release(self, op_ids: Sequence[int]) -> None:
         if op_ids:
             await self._writer.run(partial(_release, list(op_ids)))
-            self._signal_work()
+            self._work.set()
 
     async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
         if rejections:
@@ -1125,14 +949,14 @@ class SQLiteQueue:
     ) -> list[DeadLetter]:
         def job(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(q.LIST_DEAD_LETTERS, (reason, since, limit)).fetchall()
-            return [_dead_letter_row(row) for row in rows]
+            return [dead_letter_from_row(row) for row in rows]
 
         return await self._writer.run(job, write=False)
 
     async def get_dead_letter(self, dead_letter_id: int) -> DeadLetter | None:
         def job(conn: sqlite3.Connection) -> DeadLetter | None:
             row = conn.execute(q.GET_DEAD_LETTER, (dead_letter_id,)).fetchone()
-            return _dead_letter_row(row) if row is not None else None
+            return dead_letter_from_row(row) if row is not None else None
 
         return await self._writer.run(job, write=False)
 
@@ -1151,7 +975,7 @@ class SQLiteQueue:
             return 0
         count = await self._writer.run(partial(_replay, list(ids)))
         if count:
-            self._signal_work()
+            self._work.set()
         return count
 
     async def purge_dead_letters(self, ids: Sequence[int]) -> int:
@@ -1171,7 +995,7 @@ class SQLiteQueue:
             partial(_forget, list(distinct_ids), forgetter, suppress, now)
         )
         if result.enqueued:
-            self._signal_work()
+            self._work.set()
         return result
 
     async def prune_seen(self, older_than: float) -> int:

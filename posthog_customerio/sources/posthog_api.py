@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -38,7 +39,14 @@ from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.export_files import BadRow
 from posthog_customerio.sources.normalize import event_from_mapping
 
-__all__ = ["ApiCursor", "ApiQuery", "PostHogApiError", "PostHogQueryClient", "build_query"]
+__all__ = [
+    "ApiCursor",
+    "ApiQuery",
+    "PostHogApiError",
+    "PostHogQueryClient",
+    "build_query",
+    "iso",
+]
 
 COLUMNS = ("uuid", "event", "distinct_id", "timestamp", "properties", "person_properties")
 _SELECT = (
@@ -60,14 +68,6 @@ class ApiCursor:
     timestamp: str
     uuid: str
 
-    def to_json(self) -> str:
-        return orjson.dumps({"timestamp": self.timestamp, "uuid": self.uuid}).decode()
-
-    @classmethod
-    def from_json(cls, text: str) -> ApiCursor:
-        data = orjson.loads(text)
-        return cls(str(data["timestamp"]), str(data["uuid"]))
-
 
 @dataclass(frozen=True, slots=True)
 class ApiQuery:
@@ -78,6 +78,11 @@ class ApiQuery:
     until: str | None = None
     events: tuple[str, ...] = ()
     page_size: int = 1000
+
+
+def iso(ms: int) -> str:
+    """A time (ms since the epoch) as the query's ISO 8601 ``since``/``until``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
 def build_query(

@@ -54,7 +54,7 @@ def checkpoint_line(db: Path) -> int:
 
 
 def big_export(samples: Path, path: Path, copies: int) -> int:
-    """``copies`` times the shared sample, each copy with its own uuids; returns the rows."""
+    """``copies`` times the export sample, each copy with its own uuids; returns the rows."""
     rows = [json.loads(line) for line in (samples / "export-sample.jsonl").read_text().splitlines()]
     seen: set[str] = set()
     with path.open("w") as fh:

@@ -20,6 +20,7 @@ from tests.e2e.harness import (
     run_cli,
     wait_until,
 )
+from tests.samples import POSTHOG_SAMPLES
 
 pytestmark = pytest.mark.e2e
 
@@ -59,13 +60,12 @@ def test_plugin_config_is_imported_unchanged(tmp_path: Path, sandbox: Sandbox) -
             }
         )
     )
-    sample = Path(__file__).resolve().parents[3] / "shared" / "posthog"
     r = run_cli(
         "explain",
         "--plugin-config",
         str(app_json),
-        str(sample / "webhook-autocapture.json"),
-        str(sample / "webhook-custom-event.json"),
+        str(POSTHOG_SAMPLES / "webhook-autocapture.json"),
+        str(POSTHOG_SAMPLES / "webhook-custom-event.json"),
     )
     assert r.returncode == 0, r.stderr
     assert "not_in_allowlist" in r.stdout  # $autocapture is not in eventsToSend
@@ -134,8 +134,9 @@ def test_check_reads_each_answer_with_the_outcome_classifier(sandbox: Sandbox) -
     assert code == 1 and f"could not check the credentials at {nobody}: connect" in text
 
 
-def test_explain_prints_a_decision_for_every_shared_sample(posthog_samples: Path) -> None:
+def test_explain_prints_a_decision_for_every_sample(posthog_samples: Path) -> None:
     files = sorted(str(p) for p in posthog_samples.glob("webhook-*.json"))
+    assert files
     r = run_cli("explain", "--json", *files)
     assert r.returncode == 0, r.stderr
     results = json.loads(r.stdout)

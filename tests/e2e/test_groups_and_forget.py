@@ -187,7 +187,7 @@ def test_explain_shows_object_operations_from_the_toml_config(
     )
     assert r.returncode == 0, r.stderr
     assert "add_relationships -> POST /api/v2/batch (item)" in r.stdout
-    assert "object_identify -> POST /api/v2/batch (item)" in r.stdout
+    assert "object.identify -> POST /api/v2/batch (item)" in r.stdout
     assert '"object_id": "acme-inc"' in r.stdout
     plain = run_cli("explain", str(posthog_samples / "webhook-groupidentify.json"))
     assert "DROP  reason: groups_not_mapped" in plain.stdout

@@ -14,7 +14,7 @@ from tests.e2e.harness import API_KEY, Sandbox, Serve, wait_until
 
 pytestmark = pytest.mark.e2e
 
-# The story of shared/posthog/README.md, in the order it happened.
+# The story of examples/posthog/README.md, in the order it happened.
 STORY = [
     "webhook-pageview-anonymous.json",
     "webhook-identify.json",

@@ -26,6 +26,7 @@ from tests.e2e.harness import (
     run_cli,
     wait_until,
 )
+from tests.samples import POSTHOG_SAMPLES
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +64,7 @@ def test_no_secret_in_any_output(tmp_path: Path, sandbox: Sandbox) -> None:
     def cli(*args: str) -> None:
         r = run_cli(*args)
         outputs.append((f"cli {' '.join(args)}", r.stdout + r.stderr))
+        assert r.returncode == 0, (args, r.stdout, r.stderr)  # a failed command checks nothing
 
     try:
         sandbox.faults(reject_event_names=["poison_event"])
@@ -105,7 +107,7 @@ def test_no_secret_in_any_output(tmp_path: Path, sandbox: Sandbox) -> None:
         cli("dead-letters", "show", str(dl_id), *data)
         cli("status", "--json", "--port", str(serve.port))
         cli("check", "--config", str(cfg))
-        cli("explain", str(Path(__file__).parents[3] / "shared/posthog/webhook-custom-event.json"))
+        cli("explain", str(POSTHOG_SAMPLES / "webhook-custom-event.json"))
         keep(
             "admin replay",
             serve.http.post("/admin/dead-letters/replay", json={"all": True}, headers=admin),

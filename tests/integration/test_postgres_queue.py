@@ -21,8 +21,8 @@ import pytest
 
 from posthog_customerio.delivery.budget import BudgetAsk, Grant, SharedRateLimiter, take_grant
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import MappingOutcome
 from posthog_customerio.queue.codec import decode_state
 from posthog_customerio.queue.migrations import migrations
 from posthog_customerio.queue.postgres import (
@@ -308,9 +308,9 @@ def test_clean_close_releases_claims_and_unregisters(pg_url: str) -> None:
 
 
 class MergeMapper:
-    """Each event adds its name to the person's set_once_keys: a lost update loses a name."""
+    """Each event adds its name to the person's sent_attribute_keys: a lost update loses a name."""
 
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
         return [event.distinct_id]
 
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
@@ -318,7 +318,7 @@ class MergeMapper:
         after = replace(
             before,
             identified=before.identified or event.event.startswith("id"),
-            set_once_keys=before.set_once_keys | {event.event},
+            sent_attribute_keys=before.sent_attribute_keys | {event.event},
         )
         op = Operation(
             partition=event.distinct_id,
@@ -350,7 +350,7 @@ def test_concurrent_processes_merge_identity_state_and_dedup(pg_url: str) -> Non
             states = {r[0]: decode_state(bytes(r[1])) for r in rows}
             for user in range(4):
                 names = {e.event for e in events if e.distinct_id == f"u{user}"}
-                assert states[f"u{user}"].set_once_keys == names  # nothing lost
+                assert states[f"u{user}"].sent_attribute_keys == names  # nothing lost
                 assert states[f"u{user}"].identified  # sticky, whoever set it
         finally:
             for q in queues:

@@ -1,10 +1,14 @@
-"""The PostHog query API source against a fake PostHog over loopback, into a real SQLite queue."""
+"""The PostHog query API source and its follow loop (``pipeline/follow.py``) against a fake
+PostHog over loopback, into a real SQLite queue."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +16,12 @@ import pytest
 
 from posthog_customerio.mapping.mapper import EventMapper
 from posthog_customerio.mapping.rules import MappingRules
+from posthog_customerio.pipeline import backfill as bf
+from posthog_customerio.pipeline.checkpoint import api_source, cursor_from_json
+from posthog_customerio.pipeline.follow import FollowState, PostHogFollow, follow_chunks
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane
 from posthog_customerio.queue.sqlite import SQLiteQueue
-from posthog_customerio.sources import backfill as bf
+from posthog_customerio.settings import Settings
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.posthog_api import (
     ApiCursor,
@@ -87,8 +94,8 @@ def test_pages_through_the_api_with_a_429_into_the_queue(
         client = client_for(fake)
         try:
             rec = Recorder(queue)
-            source = bf.api_source(fake.url, 2)
-            chunks = bf.follow_chunks(
+            source = api_source(fake.url, 2)
+            chunks = follow_chunks(
                 client,
                 ApiQuery(since=SINCE, page_size=300),
                 source,
@@ -105,7 +112,7 @@ def test_pages_through_the_api_with_a_429_into_the_queue(
             assert all(lanes == [Lane.BACKFILL] for lanes in rec.lanes.values())
             assert stats.dropped.get("duplicate", 0) == 0
             stored = await queue.get_checkpoint(source)
-            assert stored is not None and ApiCursor.from_json(stored).uuid == rows[-1]["uuid"]
+            assert stored is not None and cursor_from_json(stored).uuid == rows[-1]["uuid"]
             assert client.throttled >= 1 and fake.throttled == client.throttled
         finally:
             await client.aclose()
@@ -134,10 +141,10 @@ def test_an_interrupted_api_backfill_resumes_after_its_checkpoint(
                 if stop_after_chunks is not None and s.events >= stop_after_chunks * 100:
                     stop.set()
 
-            chunks = bf.follow_chunks(
+            chunks = follow_chunks(
                 client,
                 ApiQuery(since=SINCE, page_size=250),
-                bf.api_source(fake.url, 2),
+                api_source(fake.url, 2),
                 queue.get_checkpoint,
                 stop,
                 poll_secs=1,
@@ -173,13 +180,13 @@ def test_follow_picks_up_new_and_late_events_in_the_live_lane(
         queue = SQLiteQueue.open(tmp_path / "q.db")
         client = client_for(fake)
         stop = asyncio.Event()
-        state = bf.FollowState("test")
+        state = FollowState("test")
         try:
             rec = Recorder(queue)
-            chunks = bf.follow_chunks(
+            chunks = follow_chunks(
                 client,
                 ApiQuery(since=SINCE, page_size=400),
-                bf.api_source(fake.url, 2),
+                api_source(fake.url, 2),
                 queue.get_checkpoint,
                 stop,
                 poll_secs=0.02,
@@ -223,3 +230,54 @@ def test_a_refused_key_is_a_clear_error(posthog_samples: Path) -> None:
 
     with running(fake):
         asyncio.run(body())
+
+
+def test_serve_keeps_following_after_the_queue_refuses_a_chunk(
+    tmp_path: Path, posthog_samples: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``serve --follow-posthog``'s loop: a refused chunk is read again from the checkpoint."""
+    now = time.time()
+    rows = [  # PostHog events of the last 20 minutes: inside serve's lag window
+        dict(row, timestamp=datetime.fromtimestamp(now - 1200 + i, UTC).isoformat())
+        for i, row in enumerate(sample_rows(posthog_samples)[:1200])
+    ]
+    fake = FakePostHog(rows, key=KEY)
+    refused: list[str] = []
+
+    async def body() -> None:
+        queue = SQLiteQueue.open(tmp_path / "q.db")
+        rec = Recorder(queue)
+
+        async def ingest(
+            events: Sequence[PostHogEvent], *, lane: Lane, checkpoint: Checkpoint | None
+        ) -> IngestResult:
+            if not refused:
+                refused.extend(e.uuid for e in events)
+                raise RuntimeError("database is locked")
+            return await rec(events, lane=lane, checkpoint=checkpoint)
+
+        settings = Settings(
+            posthog_url=fake.url,
+            posthog_project_id=fake.project_id,
+            posthog_personal_api_key=KEY,
+            follow_poll_secs=0.02,
+            follow_lag_secs=3600,
+        )
+        follower = PostHogFollow.new_events(settings)
+        stop = asyncio.Event()
+        try:
+            task = asyncio.create_task(follower.keep_following(ingest, queue.get_checkpoint, stop))
+            await eventually(lambda: follower.state.caught_up and len(rec.lanes) == len(rows))
+            stop.set()
+            await task
+            assert follower.client._http.is_closed  # keep_following closes its client
+            assert await queue.get_checkpoint(follower.source) is not None
+        finally:
+            await queue.close()
+        assert refused and all(rec.lanes[u] == [Lane.BACKFILL] for u in refused)
+        assert all(len(lanes) == 1 for lanes in rec.lanes.values())
+
+    with caplog.at_level(logging.INFO, logger="posthog_customerio"), running(fake):
+        asyncio.run(body())
+    failed = [r for r in caplog.records if r.getMessage() == "posthog follow failed; retrying"]
+    assert len(failed) == 1 and failed[0].name == "posthog_customerio.runtime"

@@ -1,19 +1,21 @@
-"""DeliveryWorker end to end against an in-memory queue and a scripted Customer.io.
+"""DeliveryWorker end to end against the in-memory queue and a scripted Customer.io.
 
-The fake queue keeps the protocol's promises that delivery relies on: claims in id order,
-one claim per partition at a time, retry blocks the partition until ``not_before``. The fake
-Customer.io is an ``httpx.MockTransport`` handler that records what it accepted, so the
-assertions are about outcomes (what was delivered, in which order, what was dead-lettered),
-never about how long anything took.
+The queue is ``MemoryQueue``, the third implementation of the queue contract (claims in id
+order, one claim per partition at a time, retry blocks the partition until ``not_before``,
+lanes by partition head): the tests put ready-made operations through its ingest and record
+what delivery did with them. The fake Customer.io is an ``httpx.MockTransport`` handler that
+records what it accepted, so the assertions are about outcomes (what was delivered, in which
+order, what was dead-lettered), never about how long anything took.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -24,10 +26,14 @@ from posthog_customerio.customerio.client import TrackClient
 from posthog_customerio.delivery.ratelimit import RateLimiter
 from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.delivery.worker import DeliveryWorker
-from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
+from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.metrics import Metrics
 from posthog_customerio.queue.base import ClaimedOperation, Lane, Rejection
+from posthog_customerio.queue.memory import MemoryQueue
 from posthog_customerio.settings import DeliverySettings
+from posthog_customerio.sources.event import PostHogEvent
 
 SITE_ID = "site-1"
 API_KEY = "do-not-leak-this-key"
@@ -41,30 +47,43 @@ FAST = DeliverySettings(
     credentials_recheck_secs=0.01,
     shutdown_grace_secs=1,
 )
+POLL_SECS = 0.002  # how often the worker looks for ended backoffs (milliseconds, here)
 
 
-# ------------------------------------------------------------------ fake queue
+# ------------------------------------------------------------------ the queue
 
 
-@dataclass
-class Row:
-    op: ClaimedOperation
-    claimed: bool = False
-    lane: Lane = Lane.LIVE
+@dataclass(frozen=True)
+class ReadyMade:
+    """A mapper whose every event becomes ``op``: how a test puts a ready-made operation
+    through the queue's real ingest (ids, lanes, dedup)."""
+
+    op: Operation
+
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
+        return ()
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        return MappingOutcome(states={}, operations=[self.op])
 
 
-@dataclass
-class FakeQueue:
-    """In-memory queue with per-partition exclusivity and per-partition backoff."""
+class RecordingQueue(MemoryQueue):
+    """The in-memory queue, recording what delivery did with it; settling an operation that
+    is not claimed fails the test."""
 
-    rows: dict[int, Row] = field(default_factory=dict)
-    blocked_until: dict[str, float] = field(default_factory=dict)
-    acked: list[int] = field(default_factory=list)
-    dead: list[Rejection] = field(default_factory=list)
-    retries: list[tuple[list[int], float, str]] = field(default_factory=list)
-    released: list[int] = field(default_factory=list)
-    claims: int = 0
-    next_id: int = 1
+    def __init__(self) -> None:
+        self.enqueued_at: float | None = None  # the clock, while ``add`` back-dates an op
+        super().__init__(clock=self._now)
+        self.acked: list[int] = []
+        self.dead: list[Rejection] = []
+        self.retries: list[tuple[list[int], float, str]] = []
+        self.released: list[int] = []
+        self.claims = 0
+        self._uuids = itertools.count(1)
+        asyncio.run(self.start())
+
+    def _now(self) -> float:
+        return time.time() if self.enqueued_at is None else self.enqueued_at
 
     def add(
         self,
@@ -76,80 +95,55 @@ class FakeQueue:
         enqueued_at: float | None = None,
         lane: Lane = Lane.LIVE,
     ) -> int:
-        op_id = self.next_id
-        self.next_id += 1
-        when = time.time() if enqueued_at is None else enqueued_at
-        self.rows[op_id] = Row(
-            ClaimedOperation(
-                op_id, partition, endpoint, action, orjson.dumps(body), 0, when, f"uuid-{op_id}"
-            ),
-            lane=lane,
+        """Ingest one event that becomes this operation; returns the operation's id."""
+        event = PostHogEvent(
+            uuid=f"uuid-{next(self._uuids)}", event=action, distinct_id=partition, timestamp_ms=0
         )
-        return op_id
+        mapper = ReadyMade(Operation(partition, endpoint, action, body))
+        self.enqueued_at = enqueued_at
+        try:
+            result = asyncio.run(self.ingest([event], mapper, lane=lane))
+        finally:
+            self.enqueued_at = None
+        assert result.accepted == 1
+        return self.store.last_operation_id
 
     @property
     def empty(self) -> bool:
-        return not self.rows
+        return not self.store.operations
+
+    def _assert_claimed(self, op_ids: Sequence[int]) -> None:
+        ops = [self.store.operations[i] for i in op_ids]
+        assert all(op.claimed for op in ops), "settled an operation that was not claimed"
 
     async def claim(
         self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
     ) -> list[ClaimedOperation]:
         self.claims += 1
-        busy = {r.op.partition for r in self.rows.values() if r.claimed}
-        head_lane: dict[str, Lane] = {}
-        for op_id in sorted(self.rows):
-            head_lane.setdefault(self.rows[op_id].op.partition, self.rows[op_id].lane)
-        if lanes is not None:
-            busy |= {p for p, lane in head_lane.items() if lane not in lanes}
-        out: list[ClaimedOperation] = []
-        size = 0
-        for op_id in sorted(self.rows):
-            row = self.rows[op_id]
-            p = row.op.partition
-            if row.claimed or p in busy or self.blocked_until.get(p, 0) > now:
-                continue
-            if len(out) >= max_ops or (out and size + len(row.op.body_json) > max_bytes):
-                break
-            row.claimed = True
-            size += len(row.op.body_json)
-            out.append(row.op)
-        return out
-
-    def _claimed(self, op_ids: Sequence[int]) -> list[Row]:
-        rows = [self.rows[i] for i in op_ids]
-        assert all(r.claimed for r in rows), "settled an operation that was not claimed"
-        return rows
+        return await super().claim(max_ops, max_bytes, now, lanes=lanes)
 
     async def ack(self, op_ids: Sequence[int]) -> None:
-        self._claimed(op_ids)
-        for i in op_ids:
-            del self.rows[i]
+        self._assert_claimed(op_ids)
+        await super().ack(op_ids)
         self.acked.extend(op_ids)
 
     async def retry(self, op_ids: Sequence[int], not_before: float, error: str) -> None:
-        for row in self._claimed(op_ids):
-            row.claimed = False
-            row.op = replace(row.op, attempts=row.op.attempts + 1)
-            p = row.op.partition
-            self.blocked_until[p] = max(self.blocked_until.get(p, 0), not_before)
+        self._assert_claimed(op_ids)
+        await super().retry(op_ids, not_before, error)
         self.retries.append((list(op_ids), not_before, error))
 
     async def release(self, op_ids: Sequence[int]) -> None:
-        for i in op_ids:
-            if i in self.rows:  # tolerant, like the real queues: a settled id is ignored
-                self.rows[i].claimed = False
+        await super().release(op_ids)  # tolerant, like every queue: a settled id is ignored
         self.released.extend(op_ids)
 
     async def dead_letter(self, rejections: Sequence[Rejection]) -> None:
-        self._claimed([r.op_id for r in rejections])
-        for r in rejections:
-            del self.rows[r.op_id]
+        self._assert_claimed([r.op_id for r in rejections])
+        await super().dead_letter(rejections)
         self.dead.extend(rejections)
 
     async def wait_for_work(self, timeout: float) -> bool:  # noqa: ASYNC109
-        """Signals nothing: the worker polls, a short sleep each time."""
-        await asyncio.sleep(min(timeout, 0.002))
-        return False
+        """The queue's own wake-ups, with a short poll for ended backoffs (a second, live)."""
+        return await super().wait_for_work(min(timeout, POLL_SECS))
 
 
 # ------------------------------------------------------------------ fake Customer.io
@@ -237,7 +231,7 @@ def region_ok(respond: Responder) -> Responder:
 
 @dataclass
 class Run:
-    queue: FakeQueue
+    queue: RecordingQueue
     cio: FakeCustomerIO
     state: DeliveryState
     metrics: Metrics
@@ -249,7 +243,7 @@ class Run:
 
 
 def drive(
-    queue: FakeQueue,
+    queue: RecordingQueue,
     respond: Responder,
     *,
     settings: DeliverySettings = FAST,
@@ -266,14 +260,14 @@ def drive(
             BASE, SITE_ID, API_KEY, timeout_secs=5, transport=httpx.MockTransport(cio)
         )
         worker = DeliveryWorker(
-            queue,  # type: ignore[arg-type]  # implements what delivery uses of Queue
+            queue,
             client,
             run.limiter,
             settings,
             run.metrics,
             run.state,
             rng=random.Random(3),
-            idle_poll_secs=0.002,
+            idle_poll_secs=POLL_SECS,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
@@ -290,7 +284,9 @@ def drive(
             await client.aclose()
 
     asyncio.run(go())
-    assert not any(r.claimed for r in queue.rows.values()), "claims left after stop"
+    assert not any(op.claimed for op in queue.store.operations.values()), "claims left after stop"
+    stored = [(d.op_id, d.reason, d.detail) for d in queue.store.dead_letters.values()]
+    assert stored == [(r.op_id, r.reason, r.detail) for r in queue.dead]
     return run
 
 
@@ -302,7 +298,7 @@ def batch_requests(run: Run) -> list[Request]:
 
 
 def test_200_acks_everything_and_sends_anonymous_events_first() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     ids = [
         q.add("alice", item("alice", 1)),
         q.add("anon-1", anon("anon-1", 1), endpoint=Endpoint.ANONYMOUS),
@@ -329,7 +325,7 @@ def test_200_acks_everything_and_sends_anonymous_events_first() -> None:
 
 
 def test_207_dead_letters_exactly_the_listed_indices() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(5)]
     errors = {
         "errors": [
@@ -360,7 +356,7 @@ def test_207_dead_letters_exactly_the_listed_indices() -> None:
 
 
 def test_400_on_a_batch_of_8_isolates_exactly_the_bad_item() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     ids = [q.add(f"p{i}", item(f"p{i}", i, bad=i == 5)) for i in range(8)]
 
     def respond(req: Request) -> httpx.Response:
@@ -384,7 +380,7 @@ def test_400_on_a_batch_of_8_isolates_exactly_the_bad_item() -> None:
 
 
 def test_413_splits_and_a_single_oversized_item_is_rejected() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(4)]
 
     def respond(req: Request) -> httpx.Response:
@@ -398,7 +394,7 @@ def test_413_splits_and_a_single_oversized_item_is_rejected() -> None:
 
 
 def test_429_with_retry_after_retries_later_then_delivers() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     ids = [q.add("alice", item("alice", 1)), q.add("bob", item("bob", 1))]
     throttled_at: list[float] = []
 
@@ -421,7 +417,7 @@ def test_429_with_retry_after_retries_later_then_delivers() -> None:
 
 
 def test_401_pauses_without_dropping_and_resumes_when_the_region_check_passes() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(3)]
     seen_state: list[str] = []
     region_calls = 0
@@ -453,7 +449,7 @@ def test_401_pauses_without_dropping_and_resumes_when_the_region_check_passes() 
 
 
 def test_401_at_start_up_pauses_before_claiming() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     q.add("p", item("p", 1))
     calls: list[str] = []
 
@@ -470,7 +466,7 @@ def test_401_at_start_up_pauses_before_claiming() -> None:
 
 
 def test_expired_operations_are_dead_lettered_and_fresh_ones_retried() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     old = q.add("old", item("old", 1), enqueued_at=time.time() - 10_000)
     fresh = q.add("fresh", item("fresh", 1))
     settings = FAST.model_copy(update={"max_event_age_secs": 3600})
@@ -492,7 +488,7 @@ def test_expired_operations_are_dead_lettered_and_fresh_ones_retried() -> None:
 
 
 def test_network_errors_are_retried() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     q.add("p", item("p", 1))
     failures: list[int] = []
 
@@ -510,7 +506,7 @@ def test_network_errors_are_retried() -> None:
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_per_partition_order_is_kept_across_retries_splits_and_concurrency(seed: int) -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     partitions = [f"p{i}" for i in range(6)]
     rng = random.Random(seed)
     for seq in range(12):
@@ -519,7 +515,7 @@ def test_per_partition_order_is_kept_across_retries_splits_and_concurrency(seed:
                 q.add(p, anon(p, seq), endpoint=Endpoint.ANONYMOUS)
             else:
                 q.add(p, item(p, seq, bad=seq == 7 and p == "p2"))
-    total = len(q.rows)
+    total = len(q.store.operations)
     flaky = random.Random(seed)
 
     async def respond(req: Request) -> httpx.Response:
@@ -549,7 +545,7 @@ def test_per_partition_order_is_kept_across_retries_splits_and_concurrency(seed:
 
 
 def test_a_retry_inside_a_split_holds_back_the_rest_of_that_partition() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     q.add("p", item("p", 1))
     q.add("q", item("q", 1, bad=True))
     q.add("p", item("p", 2))
@@ -572,7 +568,7 @@ def test_a_retry_inside_a_split_holds_back_the_rest_of_that_partition() -> None:
 
 
 def test_a_failed_anonymous_event_holds_back_its_partitions_batch_items() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     q.add("p", anon("p", 1), endpoint=Endpoint.ANONYMOUS)
     q.add("p", item("p", 2))
     q.add("other", item("other", 1))
@@ -590,7 +586,7 @@ def test_a_failed_anonymous_event_holds_back_its_partitions_batch_items() -> Non
 
 
 def test_a_partition_mixing_batch_and_anonymous_ops_keeps_its_order() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     q.add("p", item("p", 1))
     q.add("p", anon("p", 2), endpoint=Endpoint.ANONYMOUS)
     q.add("p", item("p", 3))
@@ -601,7 +597,7 @@ def test_a_partition_mixing_batch_and_anonymous_ops_keeps_its_order() -> None:
 
 
 def test_stop_releases_what_is_still_in_flight_after_the_grace_period() -> None:
-    q = FakeQueue()
+    q = RecordingQueue()
     ids = [q.add(f"p{i}", item(f"p{i}", i)) for i in range(3)]
     never = asyncio.Event()
 
@@ -617,15 +613,15 @@ def test_stop_releases_what_is_still_in_flight_after_the_grace_period() -> None:
         until=lambda r: any(x.path == "/api/v2/batch" for x in r.cio.requests),
     )
     assert sorted(q.released) == ids
-    assert sorted(q.rows) == ids and q.acked == [] and q.dead == []
+    assert sorted(q.store.operations) == ids and q.acked == [] and q.dead == []
     assert run.state.delivered == 0
 
 
 # ------------------------------------------------------------------ lanes
 
 
-def _lanes_queue(backfill: int, live: int) -> FakeQueue:
-    q = FakeQueue()
+def _lanes_queue(backfill: int, live: int) -> RecordingQueue:
+    q = RecordingQueue()
     for i in range(backfill):
         q.add(f"b{i}", item(f"b{i}", 1), lane=Lane.BACKFILL)
     for i in range(live):

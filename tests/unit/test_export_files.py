@@ -66,7 +66,7 @@ def test_jsonl_fields_as_json_strings_or_objects(tmp_path: Path, gz: bool) -> No
     assert second.set_once == {"first_seen": "2024-09-24"}
 
 
-def test_the_shared_export_sample_reads_without_a_bad_row(posthog_samples: Path) -> None:
+def test_the_export_sample_reads_without_a_bad_row(posthog_samples: Path) -> None:
     rows = list(read_file(posthog_samples / "export-sample.jsonl", received_ms=0))
     assert len(rows) == 2000
     assert all(isinstance(r.item, PostHogEvent) for r in rows)

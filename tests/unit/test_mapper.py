@@ -9,7 +9,6 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -22,16 +21,14 @@ from posthog_customerio.customerio.spec import default_validator, load_spec
 from posthog_customerio.mapping.explain import Explanation, explain, format_explanation
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.limits import MAX_ITEM_BYTES
-from posthog_customerio.mapping.mapper import EventMapper
+from posthog_customerio.mapping.mapper import EventMapper, Mapper, MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import is_ulid, ulid_from_uuid
-from posthog_customerio.queue.base import Mapper, MappingOutcome
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.normalize import event_from_mapping
 from posthog_customerio.sources.webhook import parse_webhook_body
-
-SHARED = Path(__file__).parents[3] / "shared" / "posthog"
+from tests.samples import POSTHOG_SAMPLES as SAMPLES
 
 UUID7 = "01924815-6d55-7160-8999-50d836f675cc"
 T_MS = 1_727_786_216_789
@@ -46,7 +43,7 @@ BY_EMAIL = MappingRules(identify_by_email=True)
 
 KNOWN = IdentityState(identified=True, seen=True)
 KNOWN_WITH_EMAIL = IdentityState(
-    identified=True, email="jane@example.com", seen=True, set_once_keys=frozenset({"email"})
+    identified=True, email="jane@example.com", seen=True, sent_attribute_keys=frozenset({"email"})
 )
 ANON_WITH_EMAIL = IdentityState(email="jane@example.com", seen=True)
 
@@ -103,7 +100,7 @@ _V2_SCHEMAS = {
     "page": "person_page",
     "screen": "person_screen",
     "merge": "person_merge",
-    "object_identify": "object_identify",
+    "object.identify": "object_identify",
     "add_relationships": "person_add_relationships",
     "delete": "person_delete",
     "suppress": "person_suppress",
@@ -424,7 +421,7 @@ CASES = [
                 identified=True,
                 email="person@example.com",
                 seen=True,
-                set_once_keys=frozenset({"email"}),
+                sent_attribute_keys=frozenset({"email"}),
             ),
         ),
         id="email_from_person_properties",
@@ -453,7 +450,9 @@ CASES = [
             ev("$set", set={"email": "jane at example", "plan": "x"}),
             ops=["identify"],
             check=_is({"plan": "x"}, attrs),
-            state=IdentityState(identified=True, seen=True, set_once_keys=frozenset({"plan"})),
+            state=IdentityState(
+                identified=True, seen=True, sent_attribute_keys=frozenset({"plan"})
+            ),
         ),
         id="email_invalid_is_never_sent",
     ),
@@ -537,7 +536,7 @@ CASES = [
             ev("$set", set_once={"plan": "pro"}),
             states={
                 "user_42": IdentityState(
-                    identified=True, seen=True, set_once_keys=frozenset({"plan"})
+                    identified=True, seen=True, sent_attribute_keys=frozenset({"plan"})
                 )
             },
             dropped="nothing_to_send",
@@ -550,7 +549,7 @@ CASES = [
             ops=["identify", "event"],
             check=_is({"first_seen": "2024"}, attrs),
             state=IdentityState(
-                identified=True, seen=True, set_once_keys=frozenset({"first_seen"})
+                identified=True, seen=True, sent_attribute_keys=frozenset({"first_seen"})
             ),
         ),
         id="set_once_sent_the_first_time",
@@ -560,7 +559,7 @@ CASES = [
             ev(set_once={"first_seen": "2025"}),
             states={
                 "user_42": IdentityState(
-                    identified=True, seen=True, set_once_keys=frozenset({"first_seen"})
+                    identified=True, seen=True, sent_attribute_keys=frozenset({"first_seen"})
                 )
             },
             ops=["event"],
@@ -580,12 +579,12 @@ CASES = [
             ev(unset=["plan"]),
             states={
                 "user_42": IdentityState(
-                    identified=True, seen=True, set_once_keys=frozenset({"plan", "x"})
+                    identified=True, seen=True, sent_attribute_keys=frozenset({"plan", "x"})
                 )
             },
             ops=["identify", "event"],
             check=_is({"plan": ""}, attrs),
-            state=IdentityState(identified=True, seen=True, set_once_keys=frozenset({"x"})),
+            state=IdentityState(identified=True, seen=True, sent_attribute_keys=frozenset({"x"})),
         ),
         id="unset_sends_empty_string_and_forgets_the_key",
     ),
@@ -679,7 +678,7 @@ CASES = [
                 identified=True,
                 email="jane@example.com",
                 seen=True,
-                set_once_keys=frozenset({"email", "plan", "signup_source"}),
+                sent_attribute_keys=frozenset({"email", "plan", "signup_source"}),
             ),
         ),
         id="identify_carries_anon_distinct_id_as_anonymous_id",
@@ -763,7 +762,7 @@ CASES = [
         Case(
             group_identify(group_set={"name": "Acme Inc", "plan": "enterprise", "seats": 250}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             bodies=[
                 {
                     "type": "object",
@@ -798,7 +797,7 @@ CASES = [
             MappingRules(
                 anonymous_users=AnonymousUsers.WITH_EMAIL_ONLY, object_types={"company": "1"}
             ),
-            ops=["object_identify"],
+            ops=["object.identify"],
         ),
         id="groupidentify_server_side_passes_the_anonymous_gate",
     ),
@@ -806,7 +805,7 @@ CASES = [
         Case(
             group_identify(group_set=None),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_not_in("attributes", body),
         ),
         id="groupidentify_without_group_set_creates_the_object",
@@ -815,7 +814,7 @@ CASES = [
         Case(
             group_identify(key=42),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             check=_is({"object_type_id": "1", "object_id": "42"}, lambda o: body(o)["identifiers"]),
         ),
         id="groupidentify_numeric_key_is_a_string_id",
@@ -839,7 +838,7 @@ CASES = [
                 group_set={"bio": "é" * 600, "n" * 151: 1, **{f"k{i:03}": i for i in range(300)}}
             ),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             truncations={"attribute_value": 1, "attribute_name": 1, "attribute_count": 1},
             check=_is(("é" * 500, 300), lambda o: (attrs(o)["bio"], len(attrs(o)))),
         ),
@@ -849,7 +848,7 @@ CASES = [
         Case(
             group_identify(group_set={f"k{i:03}": "v" * 900 for i in range(60)}),
             GROUPS,
-            ops=["object_identify"],
+            ops=["object.identify"],
             truncations={"item_size": 25},
         ),
         id="group_identify_over_item_limit_drops_largest_attributes",
@@ -870,7 +869,7 @@ CASES = [
                 },
                 lambda o: body(o, 1),
             ),
-            state=IdentityState(identified=True, seen=True, related=frozenset({"1:acme"})),
+            state=IdentityState(identified=True, seen=True, relationships=frozenset({"1:acme"})),
         ),
         id="event_with_groups_relates_the_person_once",
     ),
@@ -878,7 +877,7 @@ CASES = [
         Case(
             ev(props={"$groups": {"company": "acme"}}),
             GROUPS,
-            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            states={"user_42": IdentityState(identified=True, seen=True, relationships=RELATED)},
             ops=["event"],
         ),
         id="event_with_groups_already_related_sends_no_relationship",
@@ -887,10 +886,10 @@ CASES = [
         Case(
             ev(props={"$groups": {"company": "globex"}}),
             GROUPS,
-            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            states={"user_42": IdentityState(identified=True, seen=True, relationships=RELATED)},
             ops=["event", "add_relationships"],
             state=IdentityState(
-                identified=True, seen=True, related=frozenset({"1:acme", "1:globex"})
+                identified=True, seen=True, relationships=frozenset({"1:acme", "1:globex"})
             ),
         ),
         id="event_with_a_new_group_relates_that_one",
@@ -924,7 +923,7 @@ CASES = [
         Case(
             ev(props={"$groups": {"company": "acme"}}, person={"email": "jane@example.com"}),
             MappingRules(identify_by_email=True, object_types={"company": "1"}),
-            states={"user_42": IdentityState(identified=True, seen=True, related=RELATED)},
+            states={"user_42": IdentityState(identified=True, seen=True, relationships=RELATED)},
             ops=["identify", "event", "add_relationships"],
             check=_is({"email": "jane@example.com"}, lambda o: body(o, 2)["identifiers"]),
         ),
@@ -1084,7 +1083,7 @@ def test_mapping_rule(case: Case) -> None:
 
 def test_event_mapper_is_a_mapper() -> None:
     mapper: Mapper = EventMapper(SEND_ALL)
-    assert mapper.related_ids(ev()) == ("user_42",)
+    assert mapper.distinct_ids(ev()) == ("user_42",)
 
 
 @pytest.mark.parametrize(
@@ -1096,8 +1095,8 @@ def test_event_mapper_is_a_mapper() -> None:
         pytest.param(ev("$create_alias"), ("user_42",), id="no_alias"),
     ],
 )
-def test_related_ids(event: PostHogEvent, ids: tuple[str, ...]) -> None:
-    assert tuple(EventMapper(SEND_ALL).related_ids(event)) == ids
+def test_distinct_ids_whose_state_mapping_reads(event: PostHogEvent, ids: tuple[str, ...]) -> None:
+    assert tuple(EventMapper(SEND_ALL).distinct_ids(event)) == ids
 
 
 def test_mapping_is_pure_and_deterministic() -> None:
@@ -1133,7 +1132,7 @@ def test_sticky_flags_never_turn_off() -> None:
     assert states["user_42"].email == "jane@example.com"
 
 
-# -- the story (README of the shared samples) -------------------------------------------------
+# -- the story (examples/posthog/README.md) --------------------------------------------------
 
 STORY = [
     "pageview-anonymous",
@@ -1175,7 +1174,7 @@ def story_events() -> list[PostHogEvent]:
         event
         for name in STORY
         for event in parse_webhook_body(
-            (SHARED / f"webhook-{name}.json").read_bytes(), received_ms=0
+            (SAMPLES / f"webhook-{name}.json").read_bytes(), received_ms=0
         )
     ]
 
@@ -1238,7 +1237,7 @@ def test_explain_notes_and_truncations_are_shown() -> None:
 
 
 def test_export_sample_maps_to_valid_operations_under_every_mode() -> None:
-    lines = (SHARED / "export-sample.jsonl").read_bytes().splitlines()
+    lines = (SAMPLES / "export-sample.jsonl").read_bytes().splitlines()
     events = [
         event_from_mapping(orjson.loads(line), person=None, received_ms=0, path="")
         for line in lines
@@ -1269,7 +1268,7 @@ def test_story_with_company_mapped_to_an_object_type() -> None:
     summary = _summary(results)
     expected = [*STORY_SEND_ALL]
     expected[5] = ("order_completed", "send", None, ["identify", "event", "add_relationships"])
-    expected[6] = ("$groupidentify", "send", None, ["object_identify"])
+    expected[6] = ("$groupidentify", "send", None, ["object.identify"])
     assert summary == expected
     for event, result in zip(events, results, strict=True):
         assert_sendable(result.operations, event)
@@ -1287,9 +1286,9 @@ def test_story_with_company_mapped_to_an_object_type() -> None:
         ["identify", "event", "add_relationships"],
         ["identify", "event"],  # its $set is sent again; the relationship is not
     ]
-    assert states["user_42"].related == frozenset({"1:acme-inc"})
+    assert states["user_42"].relationships == frozenset({"1:acme-inc"})
     text = format_explanation(results[6])
-    assert "object_identify -> POST /api/v2/batch (item)" in text
+    assert "object.identify -> POST /api/v2/batch (item)" in text
 
 
 def replace_uuid(event: PostHogEvent) -> PostHogEvent:
@@ -1337,8 +1336,29 @@ def test_identity_state_codec_reads_states_stored_before_related_existed() -> No
 
     old = b'{"identified":true,"email":"a@b.co","seen":true,"set_once_keys":["email"]}'
     state = decode_state(old)
-    assert state.related == frozenset()
+    assert state.relationships == frozenset()
     assert encode_state(state) == old  # unchanged bytes without relationships
-    related = IdentityState(identified=True, related=frozenset({"2:b", "1:a"}))
+    related = IdentityState(identified=True, relationships=frozenset({"2:b", "1:a"}))
     assert b'"related":["1:a","2:b"]' in encode_state(related)
     assert decode_state(encode_state(related)) == related
+
+
+def test_identity_state_codec_reads_states_written_by_earlier_versions() -> None:
+    """The stored keys are still ``set_once_keys`` and ``related`` (the fields were renamed
+    ``sent_attribute_keys`` and ``relationships``): existing databases read unchanged, and a
+    state is written back byte for byte as before."""
+    from posthog_customerio.queue.codec import decode_state, encode_state
+
+    old = (
+        b'{"identified":true,"email":"a@b.co","seen":true,'
+        b'"set_once_keys":["email","plan"],"related":["1:acme"]}'
+    )
+    state = decode_state(old)
+    assert state == IdentityState(
+        identified=True,
+        email="a@b.co",
+        seen=True,
+        sent_attribute_keys=frozenset({"email", "plan"}),
+        relationships=frozenset({"1:acme"}),
+    )
+    assert encode_state(state) == old

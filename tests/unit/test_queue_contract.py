@@ -2,7 +2,8 @@
 
 Tests use only the ``Queue`` protocol; what differs between implementations (how to open one,
 how to count commits, how to make the store refuse writes) lives in a ``Harness``. SQLite runs
-on real files in ``tmp_path``; PostgreSQL on a fresh database per test (tests/pg.py).
+on real files in ``tmp_path``; PostgreSQL on a fresh database per test (tests/pg.py); the
+in-memory queue on a fresh ``MemoryStore`` per test, shared by the handles a test opens.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import pytest
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.mapper import MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
-from posthog_customerio.queue.base import Checkpoint, Lane, MappingOutcome, Queue, Rejection
+from posthog_customerio.queue.base import Checkpoint, Lane, Queue, Rejection
+from posthog_customerio.queue.memory import MemoryQueue, MemoryStore
 from posthog_customerio.queue.postgres import PostgresQueue
 from posthog_customerio.queue.sqlite import SQLiteQueue
 from posthog_customerio.sources.event import PostHogEvent
@@ -51,7 +54,7 @@ class TinyMapper:
         self.drop = drop
         self.fail_on = fail_on
 
-    def related_ids(self, event: PostHogEvent) -> Sequence[str]:
+    def distinct_ids(self, event: PostHogEvent) -> Sequence[str]:
         return [event.distinct_id]
 
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
@@ -63,7 +66,7 @@ class TinyMapper:
             seen=True,
             identified=before.identified or event.event == "$identify",
             email=event.set.get("email", before.email),
-            set_once_keys=before.set_once_keys | frozenset(event.set_once),
+            sent_attribute_keys=before.sent_attribute_keys | frozenset(event.set_once),
         )
         new_states = {event.distinct_id: after}
         if event.event in self.drop:
@@ -120,8 +123,18 @@ class Harness:
 
     open: Callable[[bool], Queue]
     commits: Callable[[Queue], int]
-    hold_write_lock: Callable[[], contextlib.AbstractContextManager[None]]
+    # None: nothing can refuse a write (the in-memory store has no file, lock or transaction)
+    hold_write_lock: Callable[[], contextlib.AbstractContextManager[None]] | None
     has_owner_lock: bool
+
+    def write_lock(self) -> contextlib.AbstractContextManager[None]:
+        """Another writer holding the store's write lock; call ``need_write_lock`` first."""
+        assert self.hold_write_lock is not None
+        return self.hold_write_lock()
+
+    def need_write_lock(self) -> None:
+        if self.hold_write_lock is None:
+            pytest.skip("a write to memory cannot fail: no file, no lock, no transaction")
 
     @contextlib.asynccontextmanager
     async def queue(self, owner: bool = True) -> AsyncIterator[Queue]:
@@ -205,12 +218,28 @@ def _postgres_harness(url: str) -> Harness:
     return Harness(open_queue, commits, hold_write_lock, has_owner_lock=False)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+def _memory_harness() -> Harness:
+    """One store per test: every handle the test opens (reopen, a CLI beside) shares it."""
+    store = MemoryStore()
+
+    def open_queue(owner: bool) -> Queue:
+        return MemoryQueue.open(store, owner=owner)
+
+    def commits(q: Queue) -> int:
+        assert isinstance(q, MemoryQueue)
+        return q.commit_count
+
+    return Harness(open_queue, commits, hold_write_lock=None, has_owner_lock=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres", "memory"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
     if request.param == "sqlite":
         return _sqlite_harness(tmp_path)
     if request.param == "postgres":
         return _postgres_harness(request.getfixturevalue("pg_url"))
+    if request.param == "memory":
+        return _memory_harness()
     raise AssertionError(request.param)
 
 
@@ -525,9 +554,11 @@ def test_concurrent_ingests_behave_as_if_one_after_another(harness: Harness) -> 
 
 
 def test_queue_unavailable_fails_every_waiting_call(harness: Harness) -> None:
+    harness.need_write_lock()
+
     async def body() -> None:
         async with harness.queue() as q:
-            with harness.hold_write_lock():
+            with harness.write_lock():
                 results = await asyncio.gather(
                     *(q.ingest([ev(f"u{i}", f"e{i}")], MAPPER) for i in range(20)),
                     return_exceptions=True,
@@ -540,10 +571,12 @@ def test_queue_unavailable_fails_every_waiting_call(harness: Harness) -> None:
 
 
 def test_queue_unavailable_writes_nothing(harness: Harness) -> None:
+    harness.need_write_lock()
+
     async def body() -> None:
         async with harness.queue() as q:
             event = ev("a", "a1", set={"email": "a@example.com"})
-            with harness.hold_write_lock(), pytest.raises(QueueUnavailable):
+            with harness.write_lock(), pytest.raises(QueueUnavailable):
                 await q.ingest([event], MAPPER)
             stats = await q.stats(NOW)
             assert stats.depth == 0
@@ -582,7 +615,7 @@ def test_checkpoint_commits_with_the_ingest_and_survives_reopen(harness: Harness
     run(body())
 
 
-def test_failed_ingest_does_not_move_the_checkpoint(harness: Harness) -> None:
+def test_failed_mapping_does_not_move_the_checkpoint(harness: Harness) -> None:
     async def body() -> None:
         async with harness.queue() as q:
             source = "posthog-api:project=2"
@@ -595,7 +628,19 @@ def test_failed_ingest_does_not_move_the_checkpoint(harness: Harness) -> None:
                     checkpoint=Checkpoint(source, "2"),
                 )
             assert await q.get_checkpoint(source) == "1"
-            with harness.hold_write_lock(), pytest.raises(QueueUnavailable):
+            assert (await q.stats(NOW)).depth == 1
+
+    run(body())
+
+
+def test_failed_write_does_not_move_the_checkpoint(harness: Harness) -> None:
+    harness.need_write_lock()
+
+    async def body() -> None:
+        async with harness.queue() as q:
+            source = "posthog-api:project=2"
+            await q.ingest([ev("u1", "a")], MAPPER, checkpoint=Checkpoint(source, "1"))
+            with harness.write_lock(), pytest.raises(QueueUnavailable):
                 await q.ingest([ev("u1", "c")], MAPPER, checkpoint=Checkpoint(source, "3"))
             assert await q.get_checkpoint(source) == "1"
             assert (await q.stats(NOW)).depth == 1
@@ -671,6 +716,8 @@ def naming(partition: str, op_body: dict[str, Any]) -> PostHogEvent:
 
 async def _forgotten_rows(q: Queue) -> list[str]:
     """The ``forgotten`` table, read behind the queue's back."""
+    if isinstance(q, MemoryQueue):
+        return [f"{d}@{t:.0f}" for d, t in q.store.forgotten]
     if isinstance(q, SQLiteQueue):
         with contextlib.closing(sqlite3.connect(q.path)) as conn:
             rows = conn.execute("SELECT distinct_id, forgotten_at FROM forgotten ORDER BY id")

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from posthog_customerio.errors import InputError
 from posthog_customerio.sources.normalize import event_from_mapping, parse_timestamp_ms
 from posthog_customerio.sources.webhook import _depth_exceeds, parse_webhook_body
+from tests.samples import POSTHOG_SAMPLES as SAMPLES
 
-SHARED = Path(__file__).parents[3] / "shared" / "posthog"
 RECEIVED_MS = 1_800_000_000_000
 T_MS = 1_727_786_216_789  # 2024-10-01T12:36:56.789Z
 
@@ -37,11 +37,18 @@ def bare(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in event.items() if v is not None}
 
 
-# -- every shared sample ---------------------------------------------------------------------
+# -- every sample in examples/posthog -------------------------------------------------------
+
+SAMPLE_BODIES = sorted(SAMPLES.glob("*.json"))
 
 
-@pytest.mark.parametrize("path", sorted(SHARED.glob("*.json")), ids=lambda p: p.stem)
-def test_every_shared_sample_parses(path: Path) -> None:
+def test_the_samples_are_there() -> None:
+    """The test below must never pass by collecting nothing."""
+    assert len(SAMPLE_BODIES) >= 11, f"PostHog samples missing from {SAMPLES}"
+
+
+@pytest.mark.parametrize("path", SAMPLE_BODIES, ids=lambda p: p.stem)
+def test_every_sample_parses(path: Path) -> None:
     (event,) = parse_webhook_body(path.read_bytes(), received_ms=RECEIVED_MS)
     raw = json.loads(path.read_text())
     inner = raw.get("event", raw) if isinstance(raw.get("event"), dict) else raw
@@ -58,7 +65,7 @@ def test_every_shared_sample_parses(path: Path) -> None:
 
 def test_webhook_identify_sample_fields() -> None:
     (event,) = parse_webhook_body(
-        (SHARED / "webhook-identify.json").read_bytes(), received_ms=RECEIVED_MS
+        (SAMPLES / "webhook-identify.json").read_bytes(), received_ms=RECEIVED_MS
     )
     assert event.timestamp_ms == 1_727_786_096_789
     assert event.set["email"] == "jane@example.com"
@@ -69,19 +76,19 @@ def test_webhook_identify_sample_fields() -> None:
 
 def test_custom_event_sample_groups() -> None:
     (event,) = parse_webhook_body(
-        (SHARED / "webhook-custom-event.json").read_bytes(), received_ms=RECEIVED_MS
+        (SAMPLES / "webhook-custom-event.json").read_bytes(), received_ms=RECEIVED_MS
     )
     assert event.groups == {"company": "acme-inc"}
     assert event.properties["$groups"] == {"company": "acme-inc"}  # still event data
 
 
 def test_bare_event_legacy_top_level_set() -> None:
-    (event,) = parse_webhook_body((SHARED / "event-bare.json").read_bytes(), received_ms=0)
+    (event,) = parse_webhook_body((SAMPLES / "event-bare.json").read_bytes(), received_ms=0)
     assert event.set == {"lifetime_orders": 3}
 
 
 def test_export_sample_rows_all_normalise() -> None:
-    lines = (SHARED / "export-sample.jsonl").read_bytes().splitlines()
+    lines = (SAMPLES / "export-sample.jsonl").read_bytes().splitlines()
     events = [
         event_from_mapping(orjson.loads(line), person=None, received_ms=0, path=f"line {i + 1}")
         for i, line in enumerate(lines)
