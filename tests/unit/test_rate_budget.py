@@ -26,6 +26,7 @@ from posthog_customerio.delivery.budget import (
 )
 from posthog_customerio.delivery.ratelimit import RateLimiter
 from posthog_customerio.errors import QueueUnavailable
+from posthog_customerio.queue.memory import MemoryQueue
 from posthog_customerio.queue.postgres import PostgresQueue
 from posthog_customerio.queue.sqlite import SQLiteQueue
 
@@ -138,7 +139,7 @@ class VirtualTime:
                 fut.set_result(None)
 
 
-class MemoryStore:
+class FakeBudgetStore:
     """The budget row in memory, on the virtual clock; ``down`` makes it refuse."""
 
     def __init__(self, t: VirtualTime) -> None:
@@ -162,7 +163,7 @@ class Process:
     """One ``serve``: a shared limiter and ``senders`` saturated senders; each request is
     answered at once, accepted unless ``throttle`` says otherwise."""
 
-    def __init__(self, name: str, store: MemoryStore, t: VirtualTime, rate: float) -> None:
+    def __init__(self, name: str, store: FakeBudgetStore, t: VirtualTime, rate: float) -> None:
         self.name = name
         self.t = t
         self.limiter = SharedRateLimiter(store, rate, clock=t.clock, sleep=t.sleep)
@@ -205,12 +206,12 @@ def count_between(sent: list[tuple[float, str]], start: float, end: float) -> in
 def simulate(
     rate: float,
     secs: float,
-    events: Callable[[VirtualTime, list[Process], MemoryStore], Any] | None = None,
+    events: Callable[[VirtualTime, list[Process], FakeBudgetStore], Any] | None = None,
     n: int = 3,
-) -> tuple[list[tuple[float, str]], list[Process], MemoryStore]:
-    async def go() -> tuple[list[tuple[float, str]], list[Process], MemoryStore]:
+) -> tuple[list[tuple[float, str]], list[Process], FakeBudgetStore]:
+    async def go() -> tuple[list[tuple[float, str]], list[Process], FakeBudgetStore]:
         t = VirtualTime()
-        store = MemoryStore(t)
+        store = FakeBudgetStore(t)
         store.live_workers = n
         procs = [Process(f"p{i}", store, t, rate) for i in range(n)]
         sent: list[tuple[float, str]] = []
@@ -240,7 +241,7 @@ def test_three_processes_together_stay_within_the_rate(rate: float) -> None:
 
 
 def test_a_killed_process_leaves_its_part_to_the_others_at_once() -> None:
-    async def kill_one(t: VirtualTime, procs: list[Process], store: MemoryStore) -> None:
+    async def kill_one(t: VirtualTime, procs: list[Process], store: FakeBudgetStore) -> None:
         await t.run_until(START + 5)
         procs[1].kill()
         store.live_workers = 2
@@ -254,7 +255,7 @@ def test_a_killed_process_leaves_its_part_to_the_others_at_once() -> None:
 
 
 def test_429s_bring_the_account_as_a_whole_down_to_what_the_server_takes() -> None:
-    async def server_limit(t: VirtualTime, procs: list[Process], store: MemoryStore) -> None:
+    async def server_limit(t: VirtualTime, procs: list[Process], store: FakeBudgetStore) -> None:
         await t.run_until(START + 2)
         window: deque[float] = deque()
 
@@ -277,7 +278,7 @@ def test_429s_bring_the_account_as_a_whole_down_to_what_the_server_takes() -> No
 
 
 def test_a_429_heard_by_one_process_slows_the_others_too() -> None:
-    async def one_429(t: VirtualTime, procs: list[Process], store: MemoryStore) -> None:
+    async def one_429(t: VirtualTime, procs: list[Process], store: FakeBudgetStore) -> None:
         await t.run_until(START + 2)
         answered: list[float] = []
 
@@ -297,7 +298,7 @@ def test_a_429_heard_by_one_process_slows_the_others_too() -> None:
 
 
 def test_store_away_paces_each_process_at_its_part_until_it_is_back() -> None:
-    async def outage(t: VirtualTime, procs: list[Process], store: MemoryStore) -> None:
+    async def outage(t: VirtualTime, procs: list[Process], store: FakeBudgetStore) -> None:
         await t.run_until(START + 3)
         store.down = True
         await t.run_until(START + 8)
@@ -311,8 +312,9 @@ def test_store_away_paces_each_process_at_its_part_until_it_is_back() -> None:
     assert store.calls > 0
 
 
-def test_sqlite_keeps_its_own_bucket_postgres_shares_one(tmp_path: Path) -> None:
+def test_one_process_stores_keep_their_own_bucket_postgres_shares_one(tmp_path: Path) -> None:
     assert isinstance(limiter_for(SQLiteQueue(tmp_path / "q.db", owner=True), 50), RateLimiter)
+    assert isinstance(limiter_for(MemoryQueue(), 50), RateLimiter)
     shared = limiter_for(PostgresQueue.open("postgresql://127.0.0.1/none"), 50)
     assert isinstance(shared, SharedRateLimiter)
     assert shared.current_rate == shared.max_rate == 50.0
