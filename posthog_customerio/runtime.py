@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from posthog_customerio import logs
 from posthog_customerio.customerio.client import TrackClient
-from posthog_customerio.delivery.ratelimit import RateLimiter
+from posthog_customerio.delivery.budget import limiter_for
+from posthog_customerio.delivery.ratelimit import Limiter
 from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.delivery.worker import DeliveryWorker
 from posthog_customerio.errors import ConfigError
@@ -92,7 +93,7 @@ class Connector:
     ):
         self.settings = settings
         self._reload_settings = reload_settings  # re-reads the config sources (SIGHUP)
-        self._limiter: RateLimiter | None = None
+        self._limiter: Limiter | None = None
         self._retired_clients: list[TrackClient] = []
         self.target = target
         self.metrics = metrics or Metrics()
@@ -125,7 +126,8 @@ class Connector:
             self.target.api_key,
             timeout_secs=d.request_timeout_secs,
         )
-        limiter = self._limiter = RateLimiter(d.rate_limit_rps)
+        # PostgreSQL: one budget for all processes; SQLite: this process's own bucket.
+        limiter = self._limiter = limiter_for(self._queue, d.rate_limit_rps)
         self._worker = DeliveryWorker(
             self._queue, self._client, limiter, d, self.metrics, self.state
         )

@@ -32,6 +32,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 MIN_RATE_RPS = 1.0
 RECOVERY_FRACTION_PER_SEC = 1 / 20
@@ -41,6 +42,91 @@ ACCEPTED_WINDOW_SECS = 1.0
 CEILING_FRACTION = 0.9
 CEILING_HOLD_SECS = 30.0
 PROBE_FRACTION_PER_SEC = 0.005
+
+
+class Limiter(Protocol):
+    """What delivery needs of a rate limiter: this process's ``RateLimiter``, or the account's
+    ``SharedRateLimiter`` (delivery/budget.py) when processes share a PostgreSQL store."""
+
+    @property
+    def current_rate(self) -> float: ...
+
+    @property
+    def max_rate(self) -> float: ...
+
+    async def acquire(self) -> None: ...
+
+    def on_throttled(self) -> None: ...
+
+    def on_success(self) -> None: ...
+
+    def set_max_rate(self, rate: float) -> None: ...
+
+
+class Aimd:
+    """The rate AIMD moves between the floor and the max (the rules above), on the caller's
+    clock; plain state, so the shared budget can store it and run the same rules."""
+
+    __slots__ = ("ceiling", "last_adjust", "last_decrease", "max_rate", "rate")
+
+    def __init__(
+        self,
+        max_rate: float,
+        now: float,
+        *,
+        rate: float | None = None,
+        ceiling: float | None = None,
+        last_decrease: float = float("-inf"),
+        last_adjust: float | None = None,
+    ) -> None:
+        self.max_rate = float(max_rate)
+        self.rate = self.max_rate if rate is None else float(rate)
+        self.ceiling = ceiling  # learned from the accepted rate at the last 429
+        self.last_decrease = last_decrease
+        self.last_adjust = now if last_adjust is None else last_adjust
+
+    @property
+    def floor_rate(self) -> float:
+        return min(MIN_RATE_RPS, self.max_rate)
+
+    def throttled(self, now: float, accepted_rps: float) -> None:
+        """A 429: drop to 90 % of ``accepted_rps`` (what the server let through in the last
+        window), learning it as the ceiling, or halve without that measure; once per cooldown."""
+        if now - self.last_decrease < DECREASE_COOLDOWN_SECS:
+            return
+        self.last_decrease = now
+        self.last_adjust = now
+        if accepted_rps > 0:
+            learned = max(self.floor_rate, min(self.max_rate, accepted_rps * CEILING_FRACTION))
+            self.ceiling = learned
+            self.rate = max(self.floor_rate, min(self.rate * CEILING_FRACTION, learned))
+        else:
+            self.rate = max(self.floor_rate, self.rate / 2)
+
+    def succeeded(self, now: float) -> None:
+        """A non-throttled answer: recover additively toward the ceiling (or the max); past the
+        hold time, probe slowly above the ceiling."""
+        elapsed = min(max(now - self.last_adjust, 0.0), 1.0)
+        self.last_adjust = now
+        target = self.max_rate if self.ceiling is None else self.ceiling
+        if self.rate < target:
+            step = self.max_rate * RECOVERY_FRACTION_PER_SEC * elapsed
+            self.rate = min(target, self.rate + step)
+        elif self.ceiling is not None and now - self.last_decrease >= CEILING_HOLD_SECS:
+            probed = self.ceiling * (1 + PROBE_FRACTION_PER_SEC * elapsed)
+            self.ceiling = None if probed >= self.max_rate else probed
+            self.rate = min(self.max_rate, probed)
+
+    def set_max_rate(self, rate: float) -> None:
+        """Config reload: an unthrottled rate moves to the new max, a throttled one stays
+        below it and recovers toward it."""
+        if rate <= 0:
+            raise ValueError("rate must be > 0")
+        unthrottled = self.rate >= self.max_rate
+        self.max_rate = float(rate)
+        self.rate = self.max_rate if unthrottled else min(self.rate, self.max_rate)
+        if self.ceiling is not None and self.ceiling >= self.max_rate:
+            self.ceiling = None
 
 
 class RateLimiter:
@@ -58,40 +144,36 @@ class RateLimiter:
             raise ValueError("rate must be > 0")
         if burst is not None and burst < 1:
             raise ValueError("burst must be >= 1")
-        self._max_rate = float(rate)
-        self._rate = float(rate)
+        self._aimd = Aimd(rate, clock())
         self._fixed_burst = burst
         self._clock = clock
         self._sleep = sleep
         self._tat = clock()  # theoretical arrival time of the next request
-        self._last_adjust = clock()
-        self._last_decrease = float("-inf")
-        self._ceiling: float | None = None  # learned from the accepted rate at the last 429
         self._accepted: deque[float] = deque()  # times of accepted answers, last window only
 
     @property
     def current_rate(self) -> float:
-        return self._rate
+        return self._aimd.rate
 
     @property
     def max_rate(self) -> float:
-        return self._max_rate
+        return self._aimd.max_rate
 
     @property
     def ceiling(self) -> float | None:
         """The rate the server was seen to accept at the last 429 (x 0.9), or None."""
-        return self._ceiling
+        return self._aimd.ceiling
 
     @property
     def burst(self) -> float:
         """Requests that may pass back to back; by default a tenth of the current rate."""
         if self._fixed_burst is not None:
             return self._fixed_burst
-        return max(1.0, self._rate * DEFAULT_BURST_FRACTION)
+        return max(1.0, self._aimd.rate * DEFAULT_BURST_FRACTION)
 
     @property
     def floor_rate(self) -> float:
-        return min(MIN_RATE_RPS, self._max_rate)
+        return self._aimd.floor_rate
 
     async def acquire(self) -> None:
         """Wait until one request may be sent, and count it."""
@@ -101,7 +183,7 @@ class RateLimiter:
 
     def _reserve(self) -> float:
         now = self._clock()
-        interval = 1.0 / self._rate
+        interval = 1.0 / self._aimd.rate
         tolerance = (self.burst - 1.0) * interval
         tat = max(self._tat, now)
         self._tat = tat + interval
@@ -109,37 +191,16 @@ class RateLimiter:
         return wait if wait > 1e-9 else 0.0  # float sums of intervals must not cost a sleep
 
     def on_throttled(self) -> None:
-        """A 429: drop to 90 % of the rate the server accepted in the last window (learning it
-        as the ceiling), or halve without that measure; once per cooldown."""
+        """A 429: AIMD decrease, measured by the answers accepted in the last window."""
         now = self._clock()
-        if now - self._last_decrease < DECREASE_COOLDOWN_SECS:
-            return
-        self._last_decrease = now
-        self._last_adjust = now
-        accepted = self._accepted_rate(now)
-        if accepted > 0:
-            learned = max(self.floor_rate, min(self._max_rate, accepted * CEILING_FRACTION))
-            self._ceiling = learned
-            self._rate = max(self.floor_rate, min(self._rate * CEILING_FRACTION, learned))
-        else:
-            self._rate = max(self.floor_rate, self._rate / 2)
+        self._aimd.throttled(now, self._accepted_rate(now))
 
     def on_success(self) -> None:
-        """A non-throttled answer: count it, and recover additively toward the ceiling (or the
-        max); past the hold time, probe slowly above the ceiling."""
+        """A non-throttled answer: count it, and let AIMD recover."""
         now = self._clock()
         self._accepted_rate(now)  # prune, so the window stays small
         self._accepted.append(now)
-        elapsed = min(max(now - self._last_adjust, 0.0), 1.0)
-        self._last_adjust = now
-        target = self._max_rate if self._ceiling is None else self._ceiling
-        if self._rate < target:
-            step = self._max_rate * RECOVERY_FRACTION_PER_SEC * elapsed
-            self._rate = min(target, self._rate + step)
-        elif self._ceiling is not None and now - self._last_decrease >= CEILING_HOLD_SECS:
-            probed = self._ceiling * (1 + PROBE_FRACTION_PER_SEC * elapsed)
-            self._ceiling = None if probed >= self._max_rate else probed
-            self._rate = min(self._max_rate, probed)
+        self._aimd.succeeded(now)
 
     def _accepted_rate(self, now: float) -> float:
         """Accepted answers per second over the last ``ACCEPTED_WINDOW_SECS``."""
@@ -148,12 +209,5 @@ class RateLimiter:
         return len(self._accepted) / ACCEPTED_WINDOW_SECS
 
     def set_max_rate(self, rate: float) -> None:
-        """Config reload: an unthrottled limiter moves to the new max, a throttled one stays
-        below it and recovers toward it."""
-        if rate <= 0:
-            raise ValueError("rate must be > 0")
-        unthrottled = self._rate >= self._max_rate
-        self._max_rate = float(rate)
-        self._rate = self._max_rate if unthrottled else min(self._rate, self._max_rate)
-        if self._ceiling is not None and self._ceiling >= self._max_rate:
-            self._ceiling = None
+        """Config reload: see ``Aimd.set_max_rate``."""
+        self._aimd.set_max_rate(rate)

@@ -31,7 +31,7 @@ from posthog_customerio.customerio.client import (
 from posthog_customerio.delivery.backoff import full_jitter_backoff, is_expired
 from posthog_customerio.delivery.batch import build_batch_body, claim_max_bytes, split_halves
 from posthog_customerio.delivery.outcome import Outcome, OutcomeKind, classify
-from posthog_customerio.delivery.ratelimit import RateLimiter
+from posthog_customerio.delivery.ratelimit import Limiter
 from posthog_customerio.delivery.retrylog import RetryLog
 from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.errors import QueueUnavailable
@@ -55,7 +55,7 @@ class DeliveryWorker:
         self,
         queue: DeliveryQueue,
         client: TrackClient,
-        limiter: RateLimiter,
+        limiter: Limiter,
         settings: DeliverySettings,
         metrics: Metrics,
         state: DeliveryState,

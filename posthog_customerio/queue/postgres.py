@@ -27,10 +27,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from posthog_customerio.errors import QueueUnavailable, StoreNotFound
 from posthog_customerio.mapping.identity import IdentityState
@@ -74,6 +75,7 @@ ACQUIRE_TIMEOUT_SECS = 10.0
 SEEN_RACE_ATTEMPTS = 3
 WORKER_SAMPLE_PARTITIONS = 20
 _EMPTY_STATE = encode_state(IdentityState())
+_T = TypeVar("_T")
 
 # SQLSTATE classes and codes meaning "the database cannot take this now", not "the code is
 # wrong": connection exceptions, insufficient resources, operator intervention (restart,
@@ -372,6 +374,28 @@ class PostgresQueue(GroupCommittedIngest):
                 await conn.execute(q.RENEW_LEASES, self.worker_id, self.lease_secs, held)
             await conn.execute(q.REAP_WORKERS, max(10 * self.lease_secs, 300.0))
         await self._settle_pending()
+
+    # -- the account's rate budget ------------------------------------------------------
+
+    async def update_rate_budget(
+        self, step: Callable[[dict[str, Any] | None, float, int], tuple[dict[str, Any], _T]]
+    ) -> _T:
+        """Run ``step`` (delivery/budget.py) on the budget every process shares: it gets the
+        stored state (None at first), the database clock and the live workers, and returns the
+        new state and its result. One short transaction holds the row lock over two statements,
+        so grants of all processes are serialised and never overlap."""
+        pool = await self._ready()
+        async with (
+            _translated(),
+            pool.acquire(timeout=ACQUIRE_TIMEOUT_SECS) as conn,
+            conn.transaction(),
+        ):
+            stored, now, live = await conn.fetchrow(q.LOCK_RATE_BUDGET, self.lease_secs)
+            state, result = step(
+                None if stored is None else orjson.loads(stored), float(now), int(live)
+            )
+            await conn.execute(q.PUT_RATE_BUDGET, orjson.dumps(state).decode())
+        return result
 
     # -- wake-ups -------------------------------------------------------------------------
 

@@ -263,6 +263,20 @@ WHERE w.heartbeat_at > now() - $1 * interval '1 second'
 ORDER BY w.id
 """
 
+# --- the account's rate budget (delivery/budget.py) ----------------------------------------
+
+# Locks the budget row (creating it when absent: the table is unlogged and empty after a crash)
+# and returns its state with the database clock read after the lock was granted, and the live
+# workers (heartbeat within $1 seconds).
+LOCK_RATE_BUDGET = """
+INSERT INTO rate_budget AS b (id) VALUES (1)
+ON CONFLICT (id) DO UPDATE SET id = b.id
+RETURNING b.state::text,
+          extract(epoch FROM clock_timestamp())::float8,
+          (SELECT count(*) FROM workers WHERE heartbeat_at > now() - $1 * interval '1 second')
+"""
+PUT_RATE_BUDGET = "UPDATE rate_budget SET state = $1::jsonb, updated_at = now() WHERE id = 1"
+
 # --- stats and housekeeping -----------------------------------------------------------------
 
 COUNT_OPERATIONS = "SELECT count(*) FROM operations"

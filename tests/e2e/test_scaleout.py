@@ -291,3 +291,87 @@ def test_postgres_restart_mid_stream_reconnects_and_loses_nothing(
             "refused_posts_retried_by_sender": dict(refused),
         },
     )
+
+
+# --- one rate budget for the account ------------------------------------------------------
+
+BUDGET_RPS = 50
+
+
+def per_second(times: list[float]) -> int:
+    """The most requests in any one-second window."""
+    times = sorted(times)
+    most, first = 0, 0
+    for last, at in enumerate(times):
+        while times[first] <= at - 1.0:
+            first += 1
+        most = max(most, last - first + 1)
+    return most
+
+
+def test_three_processes_share_one_rate_budget_and_a_killed_ones_part(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Customer.io's limit is per account: three processes with ``rate_limit_rps = 50``
+    against a Track API that takes 50 requests/s send 50/s together, not 150/s; after a
+    SIGKILL the two left send the whole 50/s. One operation per request, so the limiter is
+    busy from the first event to the last (2 operations an event: about 16 s)."""
+    total, users = 400, 100
+    sandbox = Sandbox(tmp_path, "--rate-limit-rps", str(BUDGET_RPS))
+    servers = [
+        Serve(
+            tmp_path,
+            tmp_path / f"data{n}",
+            sandbox,
+            POSTHOG_CUSTOMERIO_DATABASE_URL=pg_url,
+            POSTHOG_CUSTOMERIO_LEASE_SECS=str(LEASE_SECS),
+            POSTHOG_CUSTOMERIO_HEARTBEAT_SECS="0.5",
+            POSTHOG_CUSTOMERIO_BATCH_MAX_OPS="1",
+            POSTHOG_CUSTOMERIO_RATE_LIMIT_RPS=str(BUDGET_RPS),
+        )
+        for n in range(3)
+    ]
+    victim = servers[1]
+    try:
+        wait_until(lambda: len(servers[0].status()["workers"]) == 3, timeout=20)
+        started = time.time()
+        for i, start in enumerate(range(0, total, 50)):  # the backlog, spread over all three
+            batch = [make_event(s, users) for s in range(start, start + 50)]
+            r = servers[i % 3].post({"batch": batch})
+            assert r.status_code == 200, r.text
+        time.sleep(max(0.0, started + 6.0 - time.time()))
+        assert victim.proc is not None
+        victim.proc.kill()
+        killed_at = time.time()
+        alive = [servers[0], servers[2]]
+        wait_until(lambda: all(s.status()["queue"]["depth"] == 0 for s in alive), timeout=120)
+        requests = [r for r in sandbox.requests() if "/api/" in r["path"]]
+        assert_delivered_once_in_order(sandbox, list(range(total)))
+    finally:
+        for s in servers:
+            s.close()
+        sandbox.close()
+    times = sorted(r["time"] for r in requests)
+    throttled = sum(1 for r in requests if r["status"] == 429)
+    assert throttled <= 0.10 * len(requests), (throttled, len(requests))
+    assert per_second(times) <= BUDGET_RPS * 1.1
+    # The limiter was busy all along: the backlog lasted past the window measured below.
+    recovered_from = killed_at + LEASE_SECS + 1.0
+    window = (recovered_from, recovered_from + 3.0)
+    assert times[-1] > window[1], "the backlog ran out before the rate could be measured"
+    before_kill = sum(1 for t in times if killed_at - 4.0 <= t < killed_at) / 4.0
+    after_kill = sum(1 for t in times if window[0] <= t < window[1]) / 3.0
+    assert before_kill >= BUDGET_RPS * 0.8, before_kill  # three used the budget, not 3 x it
+    assert after_kill >= BUDGET_RPS * 0.8, after_kill  # two took the killed one's part
+    record_figures(
+        "scaleout_one_rate_budget",
+        {
+            "processes": 3,
+            "rate_limit_rps_each_and_account": BUDGET_RPS,
+            "requests": len(requests),
+            "answered_429": throttled,
+            "max_requests_in_one_second": per_second(times),
+            "rps_before_kill": round(before_kill, 1),
+            "rps_after_kill": round(after_kill, 1),
+        },
+    )
