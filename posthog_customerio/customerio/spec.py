@@ -276,7 +276,7 @@ def _renamed(problem: SpecProblem) -> SpecProblem:
     return SpecProblem(
         problem.field.replace("identifiers.id", "identifiers.anonymous_id", 1),
         problem.path.replace("$.identifiers.id", "$.identifiers.anonymous_id", 1),
-        problem.message,
+        problem.message.replace("$.identifiers.id", "$.identifiers.anonymous_id"),
     )
 
 

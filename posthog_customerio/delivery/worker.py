@@ -330,7 +330,7 @@ class DeliveryWorker:
                 extra=_ctx(ops=len(ops), status=resp.status, detail=outcome.detail),
             )
             for half in split_halves(ops):  # sequentially, so each partition keeps its order
-                await self._send_batch(half, blocked)
+                await self._deliver(half, blocked)  # v1 for anonymous items if refused since
             return
         await self._apply(outcome, resp, ops, blocked)
 
