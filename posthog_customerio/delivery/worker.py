@@ -7,8 +7,8 @@ that shape, when ``anonymous_events_endpoint = "v1"``, or once Customer.io has r
 ``anonymous_id`` batch items: then the refused items are re-sent through v1, nothing is
 dead-lettered for it, and every later anonymous event of the process goes v1 directly. Up to
 ``max_in_flight`` tasks run at once; every request first takes a token from the shared rate
-limiter. The queue row is the unit of truth: an operation is
-acked only after Customer.io accepted it, and anything not settled is released.
+limiter. The queue row is the unit of truth: an operation is acked only after Customer.io
+accepted it, and anything not settled is released.
 
 Order per partition holds because the queue never gives a partition to two claims at once, and
 inside a claim a partition's later operations are never sent after an earlier one failed
@@ -330,7 +330,7 @@ class DeliveryWorker:
                 extra=_ctx(ops=len(ops), status=resp.status, detail=outcome.detail),
             )
             for half in split_halves(ops):  # sequentially, so each partition keeps its order
-                await self._deliver(half, blocked)  # v1 for anonymous items if refused since
+                await self._deliver(half, blocked)  # anonymous items go v1 if refused since
             return
         await self._apply(outcome, resp, ops, blocked)
 
