@@ -127,6 +127,13 @@ class Metrics:
             namespace=NS,
             registry=r,
         )
+        self.anonymous_fallback = Counter(
+            "anonymous_fallback",
+            "Anonymous operations Customer.io refused in a batch for their anonymous_id, "
+            "re-sent through POST /api/v1/events (later ones go there directly).",
+            namespace=NS,
+            registry=r,
+        )
         self.credentials_ok = Gauge(
             "credentials_ok",
             "1 while Customer.io accepts the credentials, 0 when rejected.",

@@ -95,6 +95,10 @@ class DeliverySettings(BaseModel):
     # Minimum fraction (0..1) of delivery requests given to backfill operations while live
     # ones wait too; live traffic gets the rest, and all of it when no backfill is pending.
     backfill_share: Annotated[float, LIVE] = Field(default=0.5, ge=0, le=1)
+    # Anonymous visitors' events: as items of /api/v2/batch (identifiers {"anonymous_id"}), or
+    # one POST /api/v1/events each. The worker switches to v1 by itself if Customer.io refuses
+    # the batch items.
+    anonymous_events_endpoint: Annotated[Literal["batch", "v1"], LIVE] = "batch"
 
 
 class Settings(BaseModel):

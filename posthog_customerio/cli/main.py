@@ -185,6 +185,14 @@ def sandbox_cmd(
     retry_after_secs: Annotated[int, typer.Option(help="Retry-After sent with 429.")] = 1,
     latency_ms: Annotated[int, typer.Option(help="Added latency per request.")] = 0,
     seed: Annotated[int | None, typer.Option(help="Seed for --fail-rate.")] = None,
+    reject_anonymous_batch: Annotated[
+        bool,
+        typer.Option(
+            "--reject-anonymous-batch",
+            help="Refuse batch items identified by anonymous_id (207).",
+            metavar="",
+        ),
+    ] = False,
 ) -> None:
     """A local Customer.io Track API that validates against the official spec."""
     from posthog_customerio.customerio.sandbox import SandboxConfig, run_sandbox
@@ -220,6 +228,7 @@ def sandbox_cmd(
         retry_after_secs=retry_after_secs,
         latency_ms=latency_ms,
         seed=seed,
+        reject_anonymous_batch=reject_anonymous_batch,
     )
     err.print(f"sandbox: Customer.io Track API on http://{host}:{port} (site id {site_id!r})")
     run_sandbox(host, port, cfg)

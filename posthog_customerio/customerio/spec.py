@@ -20,6 +20,13 @@ How the document is read, where reading it literally would reject what Customer.
   ``required`` (person identifiers) are unaffected: ``{"id", "email"}`` still fails. This is
   plain JSON Schema once the union is rewritten (``_lenient``), so the validator needs no
   custom keyword.
+- **Anonymous identifiers.** A person ``event``/``page``/``screen`` whose ``identifiers`` are
+  exactly ``{"anonymous_id": ...}`` is checked as if that identifier were ``{"id": ...}`` with
+  the same value, so everything else in the item (and the value's type) still meets the
+  document. The document lists only ``id``/``email``/``phone``/``cio_id``, but Customer.io's
+  own Segment destination sends this shape in v2 batches (segmentio/action-destinations,
+  ``packages/destination-actions/src/destinations/customerio/utils.ts``,
+  ``resolveIdentifiers``); problems name ``identifiers.anonymous_id``.
 - **Formats.** ``ulid`` (event ids) and ``email`` are asserted, as the ``pattern`` each
   implies (a pattern runs inside the validator; a Python format callback adds 1–2 µs per
   item); other formats are notes.
@@ -82,6 +89,9 @@ _V1_EVENT_SCHEMAS: dict[str, str] = {
     "trackAnonymous": "anonymousEventsRequest",
 }
 _V1_EVENT_ALTERNATIVE = {"event": 0, "page": 1, "screen": 2}
+
+# Person actions that may name an anonymous visitor by ``{"anonymous_id"}`` (see above).
+_ANONYMOUS_ACTIONS = frozenset({("person", "event"), ("person", "page"), ("person", "screen")})
 
 BATCH_ITEMS_POINTER = (
     "/paths/~1api~1v2~1batch/post/requestBody/content/application~1json/schema"
@@ -251,6 +261,25 @@ def _problems(validator: jsonschema_rs.Validator, body: object) -> list[SpecProb
     return [_problem(e) for e in sorted(validator.iter_errors(body), key=_sort_key)]
 
 
+def _anonymous_as_id(item: dict[str, Any]) -> dict[str, Any] | None:
+    """The item with ``{"anonymous_id": v}`` read as ``{"id": v}``, if it names one."""
+    identifiers = item.get("identifiers")
+    if isinstance(identifiers, dict) and len(identifiers) == 1 and "anonymous_id" in identifiers:
+        return {**item, "identifiers": {"id": identifiers["anonymous_id"]}}
+    return None
+
+
+def _renamed(problem: SpecProblem) -> SpecProblem:
+    """A problem of the ``id`` stand-in, named after the ``anonymous_id`` it stands for."""
+    if not problem.field.startswith("identifiers"):
+        return problem
+    return SpecProblem(
+        problem.field.replace("identifiers.id", "identifiers.anonymous_id", 1),
+        problem.path.replace("$.identifiers.id", "$.identifiers.anonymous_id", 1),
+        problem.message.replace("$.identifiers.id", "$.identifiers.anonymous_id"),
+    )
+
+
 class SpecValidator:
     """Validators for request bodies and batch items, built once from the document.
 
@@ -316,6 +345,13 @@ class SpecValidator:
         validator = self._item_validators.get(key)
         if validator is None:
             validator = self._item_validators[key] = self.schema_validator(self.item_pointer(item))
+        if key in _ANONYMOUS_ACTIONS:
+            assert isinstance(item, dict)  # _item_kind found its type and action
+            stand_in = _anonymous_as_id(item)
+            if stand_in is not None:
+                if validator.is_valid(stand_in):
+                    return []
+                return [_renamed(p) for p in _problems(validator, stand_in)]
         if validator.is_valid(item):
             return []
         return _problems(validator, item)

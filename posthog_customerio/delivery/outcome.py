@@ -3,13 +3,17 @@
 ``classify`` is the one place that looks at status codes; the worker only acts on the
 ``Outcome`` kind. Kinds follow Vector's sink outcomes: delivered, partial (a 207 listing failed
 items), rejected (permanent), retriable, plus two that only a batch API needs: split (the whole
-batch was refused, find the bad items) and auth (stop and keep everything).
+batch was refused, find the bad items) and auth (stop and keep everything). Items that name
+an anonymous visitor by ``anonymous_id`` (not in the published spec) get one more answer:
+when Customer.io refuses them for their identifiers, they are not bad data but the wrong
+endpoint, so they are set apart (``fallback``, or kind ``fallback`` for a whole-request 400)
+to be re-sent through ``POST /api/v1/events``.
 """
 
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -30,13 +34,16 @@ class OutcomeKind(StrEnum):
     REJECTED = "rejected"  # permanent for every item carried: dead-letter
     AUTH = "auth"  # credentials refused: pause, keep everything
     RETRY = "retry"  # transient: try again later
+    FALLBACK = "fallback"  # 400 on identifiers, all items anonymous_id: send them through v1
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """``reason`` is a short stable metric label; ``detail`` is for people (logs, dead letters).
 
-    ``failed`` maps batch index → Customer.io's reason/field/message (PARTIAL only).
+    ``failed`` maps batch index → Customer.io's reason/field/message (PARTIAL only);
+    ``fallback`` the same for anonymous_id items refused for their identifiers, which are
+    not failures (PARTIAL only).
     ``retry_after`` is the server's ``Retry-After`` in seconds, already capped (RETRY only).
     """
 
@@ -44,16 +51,23 @@ class Outcome:
     reason: str
     detail: str = ""
     failed: Mapping[int, str] = field(default_factory=dict)
+    fallback: Mapping[int, str] = field(default_factory=dict)
     retry_after: float | None = None
     throttled: bool = False
 
 
 def classify(
-    resp: TrackResponse, *, item_count: int, now: float, retry_after_max_secs: float
+    resp: TrackResponse,
+    *,
+    item_count: int,
+    now: float,
+    retry_after_max_secs: float,
+    anonymous: Collection[int] = (),
 ) -> Outcome:
     """Decide what ``resp`` means for the ``item_count`` operations it carried.
 
-    ``now`` (Unix seconds) anchors an HTTP-date ``Retry-After``.
+    ``now`` (Unix seconds) anchors an HTTP-date ``Retry-After``. ``anonymous`` holds the
+    indices of the items that name their person by ``anonymous_id``.
     """
     status = resp.status
     if status is None:
@@ -70,13 +84,24 @@ def classify(
                 reason="unparsable_207",
                 detail=f"HTTP 207 with an unreadable body: {_snippet(resp.body)}",
             )
-        if not failed:
+        fallback = {
+            i: detail
+            for i, detail in failed.items()
+            if i in anonymous and names_identifiers(detail)
+        }
+        for i in fallback:
+            del failed[i]
+        if not failed and not fallback:
             return Outcome(OutcomeKind.DELIVERED, reason="ok")
+        detail = f"HTTP 207: {len(failed)} of {item_count} items rejected"
+        if fallback:
+            detail += f", {len(fallback)} anonymous_id items refused"
         return Outcome(
             OutcomeKind.PARTIAL,
             reason="rejected",
-            detail=f"HTTP 207: {len(failed)} of {item_count} items rejected",
+            detail=detail,
             failed=failed,
+            fallback=fallback,
         )
     if 200 <= status < 300:
         return Outcome(OutcomeKind.DELIVERED, reason="ok")
@@ -96,6 +121,10 @@ def classify(
             retry_after=retry_after,
             throttled=status == 429,
         )
+    if status == 400 and len(anonymous) == item_count and names_identifiers(detail):
+        # Only when every item is anonymous: a mixed batch is split until this holds, so
+        # another item's bad identifiers never switch anonymous events to v1.
+        return Outcome(OutcomeKind.FALLBACK, reason="anonymous_id_refused", detail=detail)
     if 400 <= status < 500:
         if status in SPLITTABLE_STATUSES and item_count > 1:
             return Outcome(OutcomeKind.SPLIT, reason="split", detail=detail)
@@ -126,6 +155,12 @@ def parse_retry_after(header: str | None, now: float, cap: float) -> float | Non
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), cap)
+
+
+def names_identifiers(detail: str) -> bool:
+    """Whether Customer.io's error text is about the item's identifiers (or anonymous_id)."""
+    lowered = detail.lower()
+    return "identifiers" in lowered or "anonymous_id" in lowered
 
 
 def error_text(body: bytes) -> str:

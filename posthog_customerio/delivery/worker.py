@@ -1,10 +1,14 @@
 """The delivery loop: claim → send → acknowledge, retry or dead-letter (DESIGN.md §5).
 
-One claim becomes the requests of one task: its anonymous operations one per
-``POST /api/v1/events`` (in claim order), then its other operations as one
-``POST /api/v2/batch``. Up to ``max_in_flight`` such tasks run at once; every request first
-takes a token from the shared rate limiter. The queue row is the unit of truth: an operation is
-acked only after Customer.io accepted it, and anything not settled is released.
+One claim becomes the requests of one task: one ``POST /api/v2/batch`` of its operations,
+anonymous visitors' events included (``identifiers: {"anonymous_id"}``). Anonymous events go
+one per ``POST /api/v1/events`` instead (in claim order, before the batch) when stored in
+that shape, when ``anonymous_events_endpoint = "v1"``, or once Customer.io has refused
+``anonymous_id`` batch items: then the refused items are re-sent through v1, nothing is
+dead-lettered for it, and every later anonymous event of the process goes v1 directly. Up to
+``max_in_flight`` tasks run at once; every request first takes a token from the shared rate
+limiter. The queue row is the unit of truth: an operation is acked only after Customer.io
+accepted it, and anything not settled is released.
 
 Order per partition holds because the queue never gives a partition to two claims at once, and
 inside a claim a partition's later operations are never sent after an earlier one failed
@@ -22,6 +26,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+import orjson
+
 from posthog_customerio.customerio.client import (
     ANONYMOUS_PATH,
     BATCH_PATH,
@@ -35,7 +41,7 @@ from posthog_customerio.delivery.ratelimit import Limiter
 from posthog_customerio.delivery.retrylog import RetryLog
 from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.errors import QueueUnavailable
-from posthog_customerio.mapping.operation import Endpoint
+from posthog_customerio.mapping.operation import Endpoint, v1_anonymous_body
 from posthog_customerio.metrics import Metrics
 from posthog_customerio.queue.base import ClaimedOperation, DeliveryQueue, Lane, Rejection
 from posthog_customerio.settings import DeliverySettings
@@ -82,6 +88,7 @@ class DeliveryWorker:
         self._retry_log = RetryLog(logger, clock)
         self._recheck_now = asyncio.Event()  # reconfigured while paused: check credentials now
         self._backfill_credit = 0.0  # grows by backfill_share per claim; at 1 backfill leads
+        self._anonymous_refused = False  # Customer.io refused anonymous_id batch items
         metrics.rate_limit.set(limiter.current_rate)
 
     # ---------------------------------------------------------------- loop
@@ -254,24 +261,43 @@ class DeliveryWorker:
             self._settled.set()
 
     async def _deliver_claim(self, ops: list[ClaimedOperation]) -> None:
-        send, deferred = _defer_reordering(ops)
+        blocked: set[str] = set()  # partitions retried in this claim: hold their later ops
+        await self._deliver(ops, blocked)
+
+    async def _deliver(self, ops: list[ClaimedOperation], blocked: set[str]) -> None:
+        v1 = self._anonymous_v1()
+        send, deferred = _defer_reordering(ops, v1)
         if deferred:
             await self._release(deferred)
-        blocked: set[str] = set()  # partitions retried in this claim: hold their later ops
         for op in send:
-            if op.endpoint is Endpoint.ANONYMOUS:
+            if _goes_v1(op, v1):
                 await self._send_anonymous(op, blocked)
-        batch = [op for op in send if op.endpoint is not Endpoint.ANONYMOUS]
+        batch = [op for op in send if not _goes_v1(op, v1)]
         if batch:
             await self._send_batch(batch, blocked)
+
+    def _anonymous_v1(self) -> bool:
+        """Whether anonymous_id batch items go through ``POST /api/v1/events`` now."""
+        return self._settings.anonymous_events_endpoint == "v1" or self._anonymous_refused
+
+    def _anonymous_batch_refused(self, ops: int, detail: str) -> None:
+        """Customer.io refused ``ops`` anonymous_id items: v1 for the rest of the process."""
+        self._metrics.anonymous_fallback.inc(ops)
+        if self._anonymous_refused:
+            return
+        self._anonymous_refused = True
+        logger.warning(
+            "Customer.io refused anonymous_id in /api/v2/batch; anonymous events go through "
+            "POST /api/v1/events from now on, nothing is dropped",
+            extra=_ctx(ops=ops, detail=detail),
+        )
 
     async def _send_anonymous(self, op: ClaimedOperation, blocked: set[str]) -> None:
         if self._paused or op.partition in blocked:
             await self._release([op])
             return
-        resp = await self._request(
-            "anonymous", lambda: self._client.post_anonymous_event(op.body_json), 1
-        )
+        body = _v1_body(op)
+        resp = await self._request("anonymous", lambda: self._client.post_anonymous_event(body), 1)
         outcome = self._classify(resp, 1)
         await self._apply(outcome, resp, [op], blocked)
 
@@ -290,7 +316,13 @@ class DeliveryWorker:
             return
         self._metrics.batch_operations.observe(len(ops))
         resp = await self._request("batch", lambda: self._client.post_batch(body), len(ops))
-        outcome = self._classify(resp, len(ops))
+        anonymous = [i for i, op in enumerate(ops) if op.endpoint is Endpoint.ANONYMOUS_ITEM]
+        outcome = self._classify(resp, len(ops), anonymous)
+        if outcome.kind is OutcomeKind.FALLBACK:
+            self._after_answer(outcome)
+            self._anonymous_batch_refused(len(anonymous), outcome.detail)
+            await self._deliver(ops, blocked)  # v1 from now on: the same ops, sent that way
+            return
         if outcome.kind is OutcomeKind.SPLIT:
             self._after_answer(outcome)
             logger.info(
@@ -298,7 +330,7 @@ class DeliveryWorker:
                 extra=_ctx(ops=len(ops), status=resp.status, detail=outcome.detail),
             )
             for half in split_halves(ops):  # sequentially, so each partition keeps its order
-                await self._send_batch(half, blocked)
+                await self._deliver(half, blocked)  # anonymous items go v1 if refused since
             return
         await self._apply(outcome, resp, ops, blocked)
 
@@ -321,12 +353,15 @@ class DeliveryWorker:
         )
         return resp
 
-    def _classify(self, resp: TrackResponse, item_count: int) -> Outcome:
+    def _classify(
+        self, resp: TrackResponse, item_count: int, anonymous: Sequence[int] = ()
+    ) -> Outcome:
         return classify(
             resp,
             item_count=item_count,
             now=self._clock(),
             retry_after_max_secs=self._settings.retry_after_max_secs,
+            anonymous=frozenset(anonymous),
         )
 
     # ---------------------------------------------------------------- outcomes
@@ -347,8 +382,13 @@ class DeliveryWorker:
             await self._dead_letter(
                 [self._rejection(op, "rejected", detail, resp) for op, detail in bad]
             )
-            bad_ids = {op.id for op, _ in bad}
-            await self._ack([op for op in ops if op.id not in bad_ids])
+            resend = [ops[i] for i in sorted(outcome.fallback)]
+            set_apart = {op.id for op, _ in bad} | {op.id for op in resend}
+            await self._ack([op for op in ops if op.id not in set_apart])
+            if resend:
+                self._anonymous_batch_refused(len(resend), outcome.detail)
+                for op in resend:
+                    await self._send_anonymous(op, blocked)
         elif kind is OutcomeKind.AUTH:
             await self._release(ops)
             self._pause(outcome.detail)
@@ -367,7 +407,12 @@ class DeliveryWorker:
         elif outcome.kind is not OutcomeKind.RETRY and outcome.kind is not OutcomeKind.AUTH:
             self._limiter.on_success()
         self._metrics.rate_limit.set(self._limiter.current_rate)
-        if outcome.kind in (OutcomeKind.DELIVERED, OutcomeKind.PARTIAL, OutcomeKind.SPLIT):
+        if outcome.kind in (
+            OutcomeKind.DELIVERED,
+            OutcomeKind.PARTIAL,
+            OutcomeKind.SPLIT,
+            OutcomeKind.FALLBACK,
+        ):
             self._credentials_ok()
 
     async def _retry(
@@ -511,8 +556,8 @@ class DeliveryWorker:
     def _rejection(
         self, op: ClaimedOperation, reason: str, detail: str, resp: TrackResponse
     ) -> Rejection:
-        if op.endpoint is Endpoint.ANONYMOUS:
-            request = self._client.redacted_request("POST", ANONYMOUS_PATH, op.body_json)
+        if op.endpoint is Endpoint.ANONYMOUS or resp.endpoint == "anonymous":
+            request = self._client.redacted_request("POST", ANONYMOUS_PATH, _v1_body(op))
         else:  # the request that carries this operation alone
             request = self._client.redacted_request("POST", BATCH_PATH, build_batch_body([op]))
         if resp.error is not None:
@@ -529,12 +574,25 @@ class DeliveryWorker:
         )
 
 
+def _goes_v1(op: ClaimedOperation, anonymous_v1: bool) -> bool:
+    """Whether ``op`` is sent as a v1 anonymous event rather than as a batch item."""
+    endpoint = op.endpoint
+    return endpoint is Endpoint.ANONYMOUS or (anonymous_v1 and endpoint is Endpoint.ANONYMOUS_ITEM)
+
+
+def _v1_body(op: ClaimedOperation) -> bytes:
+    """The ``POST /api/v1/events`` body of an anonymous operation, in either stored shape."""
+    if op.endpoint is Endpoint.ANONYMOUS:
+        return op.body_json
+    return orjson.dumps(v1_anonymous_body(orjson.loads(op.body_json)))
+
+
 def _defer_reordering(
-    ops: list[ClaimedOperation],
+    ops: list[ClaimedOperation], anonymous_v1: bool
 ) -> tuple[list[ClaimedOperation], list[ClaimedOperation]]:
     """Split a claim into what can be sent now and what must wait for the next claim.
 
-    Anonymous events go out before the batch, so a partition's anonymous operation that comes
+    v1 anonymous events go out before the batch, so a partition's v1 operation that comes
     after one of its batch operations would overtake it; that one and the rest of its
     partition are deferred (released, and claimed again once this claim is settled).
     """
@@ -543,13 +601,12 @@ def _defer_reordering(
     with_batch: set[str] = set()
     cut: set[str] = set()
     for op in ops:
-        if op.partition in cut or (
-            op.endpoint is Endpoint.ANONYMOUS and op.partition in with_batch
-        ):
+        v1 = _goes_v1(op, anonymous_v1)
+        if op.partition in cut or (v1 and op.partition in with_batch):
             cut.add(op.partition)
             deferred.append(op)
             continue
-        if op.endpoint is not Endpoint.ANONYMOUS:
+        if not v1:
             with_batch.add(op.partition)
         send.append(op)
     return send, deferred

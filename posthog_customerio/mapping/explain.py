@@ -20,6 +20,7 @@ from posthog_customerio.sources.event import PostHogEvent
 
 ENDPOINT_LABELS = {
     Endpoint.BATCH: "POST /api/v2/batch (item)",
+    Endpoint.ANONYMOUS_ITEM: "POST /api/v2/batch (item, anonymous_id)",
     Endpoint.ANONYMOUS: "POST /api/v1/events (anonymous)",
 }
 

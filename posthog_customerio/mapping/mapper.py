@@ -9,9 +9,11 @@ and the tests table-drive it. Steps, in order:
 1. learn: identified (sticky), email, seen — from every event, before any filter;
 2. filter: allowlist, then the ``anonymous_users`` gate (drop reasons are metric labels);
 3. build: an ``identify`` first when person attributes or a not-yet-sent email are present,
-   then the event/page/screen (person: v2 batch item; anonymous: v1 anonymous event) or the
-   merge, then ``add_relationships`` for mapped ``$groups`` not yet related; a mapped
-   ``$groupidentify`` is an object ``identify`` instead (its own partition);
+   then the event/page/screen (person: v2 batch item; anonymous: v2 batch item with an
+   ``anonymous_id`` identifier) or the merge, then ``add_relationships`` for mapped ``$groups``
+   not yet related; a mapped ``$groupidentify`` is an object ``identify`` instead (its own
+   partition); the ``anonymous_id`` of ``$identify`` goes in an identify of its own, queued in
+   the anonymous visitor's partition behind the visitor's events;
 4. enforce the Track API limits (``limits``), counting every change.
 
 Decisions where the contract is silent are documented inline and in ``docs/mapping.md``.
@@ -489,6 +491,7 @@ class _Mapping:
         attributes: dict[str, Any] = {}
         if send_email:
             attributes["email"] = self.email
+        merge_from: str | None = None  # the anonymous visitor this identify merges
         if event.event == "$identify":
             anon = event.properties.get("$anon_distinct_id")
             if isinstance(anon, str) and anon and anon != self.did:
@@ -499,7 +502,7 @@ class _Mapping:
                         " not merged"
                     )
                 elif fits_id(anon):
-                    attributes["anonymous_id"] = anon
+                    merge_from = anon
                 else:
                     count(self.counts, "id_too_long")
                     self.notes.append("$anon_distinct_id is over 150 bytes: not merged")
@@ -522,19 +525,19 @@ class _Mapping:
         identifiers = self._identifiers(self.did, self.email)
         self._clean_person_attributes(attributes, identifiers)
         attributes = limit_attributes(attributes, self.counts)
-        if not attributes and event.event != "$identify":
-            return  # every update was already known or dropped: nothing to tell Customer.io
-        body: dict[str, Any] = {
-            "type": "person",
-            "action": "identify",
-            "identifiers": identifiers,
-        }
+        if not attributes and (event.event != "$identify" or merge_from is not None):
+            # Nothing new for the person: every update was known or dropped (the merge below,
+            # if any, creates the person).
+            self._merge_anonymous(ops, identifiers, merge_from)
+            return
+        body: dict[str, Any] = {"type": "person", "action": "identify", "identifiers": identifiers}
         if attributes:
             body["attributes"] = attributes
-        fitted = fit_item(body, "attributes", self.counts, protected=("email", "anonymous_id"))
+        fitted = fit_item(body, "attributes", self.counts, protected=("email",))
         if fitted is None:
             self.notes.append("identify over the 32 KB item limit: not sent")
             self.too_large = True
+            self._merge_anonymous(ops, identifiers, merge_from)
             return
         sent = fitted.get("attributes", {})
         new_keys = (keys | {k for k in sent if k not in unset_keys}) - unset_keys
@@ -548,6 +551,38 @@ class _Mapping:
                 relationships=state.relationships,
             )
         ops.append(self._op(Endpoint.BATCH, "identify", fitted))
+        self._merge_anonymous(ops, identifiers, merge_from)
+
+    def _merge_anonymous(
+        self, ops: list[Operation], identifiers: dict[str, str], anonymous_id: str | None
+    ) -> None:
+        """The identify whose ``attributes.anonymous_id`` merges the visitor's anonymous
+        events into the person, queued in the visitor's partition (not the person's).
+
+        Customer.io attaches only the anonymous events it has when the identify arrives (and
+        those arriving up to about five minutes later); in the visitor's partition the identify
+        is delivered after every event of the visitor queued before it, in the same batch or a
+        later one, whatever retries or an outage backlog did to the two partitions. It carries
+        nothing else, so the person's own attribute updates keep their order in the person's
+        partition.
+        """
+        if anonymous_id is None:
+            return
+        body = {
+            "type": "person",
+            "action": "identify",
+            "identifiers": identifiers,
+            "attributes": {"anonymous_id": anonymous_id},
+        }
+        ops.append(
+            Operation(
+                partition=anonymous_id,
+                endpoint=Endpoint.BATCH,
+                action="identify",
+                body=body,
+                event_uuid=self.event.uuid,
+            )
+        )
 
     def _clean_person_attributes(
         self, attributes: dict[str, Any], identifiers: Mapping[str, str]
@@ -617,12 +652,29 @@ class _Mapping:
         else:
             kind, name = "event", event.event
         name = limit_event_name(name, self.counts)
-        data = self._clean_event_data(props, f"anonymous_{kind}" if anonymous else kind)
+        data = self._clean_event_data(props, kind)
         event_id = ulid_from_uuid(event.uuid, event.timestamp_ms)
         timestamp = event.timestamp_ms // 1000
+        body: dict[str, Any] = {
+            "type": "person",
+            "action": kind,
+            "identifiers": {"anonymous_id": self.did}
+            if anonymous
+            else self._identifiers(self.did, self.email),
+            "name": name,
+            "id": event_id,
+            "timestamp": timestamp,
+        }
+        if data:
+            body["attributes"] = data
         if anonymous:
-            self.notes.append("anonymous user: sent as an anonymous event")
-            body: dict[str, Any] = {"anonymous_id": self.did, "name": name}
+            self.notes.append("anonymous user: sent as an anonymous event (anonymous_id)")
+            if json_size(body) <= MAX_ITEM_BYTES:
+                ops.append(self._op(Endpoint.ANONYMOUS_ITEM, kind, body))
+                return
+            # Too large for a batch item, but v1 anonymous events take 100,000 bytes of data.
+            data = self._clean_event_data(props, f"anonymous_{kind}")
+            body = {"anonymous_id": self.did, "name": name}
             if kind != "event":
                 body["type"] = kind
             body["id"] = event_id
@@ -632,16 +684,6 @@ class _Mapping:
                 body["data"] = shrunk if shrunk is not None else {}
             ops.append(self._op(Endpoint.ANONYMOUS, kind, body))
             return
-        body = {
-            "type": "person",
-            "action": kind,
-            "identifiers": self._identifiers(self.did, self.email),
-            "name": name,
-            "id": event_id,
-            "timestamp": timestamp,
-        }
-        if data:
-            body["attributes"] = data
         # The 32 KB item limit is stricter than the 100,000-byte event data limit.
         fitted = fit_item(body, "attributes", self.counts)
         if fitted is None:

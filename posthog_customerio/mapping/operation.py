@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -12,9 +13,22 @@ OBJECT_IDENTIFY = "object.identify"
 
 
 class Endpoint(StrEnum):
-    """Where an operation is sent: one item of ``/api/v2/batch`` or one v1 anonymous event."""
+    """How an operation's body is shaped, and so where it can be sent.
 
-    BATCH = "batch"  # body is one v2 envelope item
+    ``ANONYMOUS_ITEM`` is an anonymous visitor's ``event``/``page``/``screen`` as a v2 person
+    item with ``identifiers: {"anonymous_id": ...}``: it rides in ``/api/v2/batch`` like any
+    item, or is turned into a v1 anonymous event (``v1_anonymous_body``) when
+    ``anonymous_events_endpoint = "v1"`` or after Customer.io refused such items. The published
+    spec lists no ``anonymous_id`` person identifier; Customer.io's own Segment destination
+    sends exactly this shape in v2 batches (segmentio/action-destinations,
+    ``packages/destination-actions/src/destinations/customerio/utils.ts``: ``resolveIdentifiers``
+    falls back to ``{anonymous_id}``, ``sendBatch`` posts the items to ``/api/v2/batch``).
+    ``ANONYMOUS`` is a ready ``POST /api/v1/events`` body: rows queued by earlier versions, and
+    an anonymous event too large for a 32 KB batch item but within v1's data limit.
+    """
+
+    BATCH = "batch"  # body is one v2 envelope item naming a person or an object
+    ANONYMOUS_ITEM = "anonymous_item"  # body is a v2 item with an anonymous_id identifier
     ANONYMOUS = "anonymous"  # body is a POST /api/v1/events body with anonymous_id
 
 
@@ -23,11 +37,12 @@ class Operation:
     """One request item for Customer.io.
 
     ``partition`` is the ordering key: operations with the same key are delivered in ingest
-    order (one person = one key; one object = ``object:<type_id>:<object_id>``). ``action`` is
-    the v2 envelope action of a person (``identify``, ``event``, ``page``, ``screen``,
-    ``merge``, ``add_relationships``, ``delete``, ``suppress``), or ``object.identify`` for
-    ``type: object, action: identify``; it labels metrics and explain output. ``event_uuid``
-    is the PostHog uuid the operation came from, kept for the dead-letter view.
+    order (one person = one key; one object = ``object:<type_id>:<object_id>``; an anonymous
+    visitor's events and the identify that merges them = the visitor's distinct_id). ``action``
+    is the envelope action (``identify``, ``event``, ``page``, ``screen``, ``merge``,
+    ``add_relationships``, ``delete``, ``suppress``; ``object.identify`` for an object's
+    ``identify``), used for metrics and explain output. ``event_uuid`` is the PostHog uuid the
+    operation came from, kept for the dead-letter view.
     """
 
     partition: str
@@ -35,3 +50,20 @@ class Operation:
     action: str
     body: dict[str, Any]
     event_uuid: str = ""
+
+
+def v1_anonymous_body(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``POST /api/v1/events`` body carrying the same anonymous event as ``item`` (an
+    ``ANONYMOUS_ITEM`` body): v2 ``attributes`` are v1 ``data``, the action is the ``type``."""
+    identifiers = item.get("identifiers")
+    anonymous_id = identifiers.get("anonymous_id") if isinstance(identifiers, Mapping) else None
+    body: dict[str, Any] = {"anonymous_id": anonymous_id, "name": item.get("name")}
+    action = item.get("action")
+    if action != "event":
+        body["type"] = action
+    for key in ("id", "timestamp"):
+        if key in item:
+            body[key] = item[key]
+    if "attributes" in item:
+        body["data"] = item["attributes"]
+    return body

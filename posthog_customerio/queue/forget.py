@@ -1,10 +1,11 @@
 """What both queues share to forget a person: which stored bodies name them.
 
 An operation or dead letter belongs to a forgotten person when it is in their partition (the
-distinct_id), or when its identifiers name them anywhere else: ``identifiers.id`` or
-``identifiers.email`` (a merge's ``primary``/``secondary``, a relationship's people), or a v1
-``anonymous_id``. The store first narrows the rows with a byte search for each name as JSON
-(``needles``), in SQL, and this module confirms each candidate on the parsed body.
+distinct_id), or when its identifiers name them anywhere else: ``identifiers.id``,
+``identifiers.email`` or ``identifiers.anonymous_id`` (a merge's ``primary``/``secondary``, a
+relationship's people), or a v1 ``anonymous_id``. The store first narrows the rows with a
+byte search for each name as JSON (``needles``), in SQL, and this module confirms each
+candidate on the parsed body.
 
 ``Erasure`` holds what both stores need between their reads and writes: who is forgotten, how
 to recognise their rows, and the operations that tell Customer.io.
@@ -46,9 +47,10 @@ def needles(ids: Collection[str], states: Mapping[str, IdentityState]) -> list[b
 def _names(identifiers: object, ids: frozenset[str], emails: frozenset[str]) -> bool:
     if not isinstance(identifiers, dict):
         return False
-    person_id = identifiers.get("id")
-    if isinstance(person_id, str) and person_id in ids:
-        return True
+    for key in ("id", "anonymous_id"):
+        person_id = identifiers.get(key)
+        if isinstance(person_id, str) and person_id in ids:
+            return True
     email = identifiers.get("email")
     return isinstance(email, str) and email.lower() in emails
 

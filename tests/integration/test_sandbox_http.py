@@ -21,6 +21,7 @@ DEFAULT_FAULTS = {
     "latency_ms": 0,
     "reject_credentials": False,
     "reject_event_names": ["poison"],
+    "reject_anonymous_batch": False,
 }
 
 
@@ -199,6 +200,44 @@ def test_faults_change_at_run_time(client: httpx.Client) -> None:
     assert client.post("/_sandbox/faults", json={"bogus": 1}).status_code == 400
     assert client.post("/_sandbox/faults", json={"fail_rate": 2}).status_code == 400
     assert client.get("/_sandbox/faults").json()["latency_ms"] == 5
+
+
+def anonymous_event(anonymous_id: str, name: str) -> dict[str, Any]:
+    item = event("x", name, event_id=None)
+    item["identifiers"] = {"anonymous_id": anonymous_id}
+    return item
+
+
+def test_anonymous_id_items_are_kept_then_merged_like_v1_anonymous_events(
+    client: httpx.Client,
+) -> None:
+    batch = [anonymous_event("anon-1", "viewed"), anonymous_event("anon-1", "clicked")]
+    assert client.post("/api/v2/batch", json={"batch": batch}).status_code == 200
+    pending = client.get("/_sandbox/anonymous_events").json()
+    assert [e["name"] for e in pending["anon-1"]] == ["viewed", "clicked"]
+    assert client.get("/_sandbox/people").json() == []  # no profile for a visitor
+    merge = identify("u1", anonymous_id="anon-1")
+    assert client.post("/api/v2/batch", json={"batch": [merge]}).status_code == 200
+    person = client.get("/_sandbox/people/u1").json()
+    assert [e["name"] for e in person["events"]] == ["viewed", "clicked"]
+    assert client.get("/_sandbox/anonymous_events").json() == {}
+
+
+def test_reject_anonymous_batch_refuses_exactly_the_anonymous_id_items(
+    client: httpx.Client,
+) -> None:
+    faults = client.post("/_sandbox/faults", json={"reject_anonymous_batch": True}).json()
+    assert faults["reject_anonymous_batch"] is True
+    batch = [identify("u1"), anonymous_event("anon-1", "viewed"), event("u1", "fine", None)]
+    r = client.post("/api/v2/batch", json={"batch": batch})
+    assert r.status_code == 207
+    (error,) = r.json()["errors"]
+    assert (error["batch_index"], error["field"]) == (1, "identifiers")
+    assert client.get("/_sandbox/anonymous_events").json() == {}
+    # v1 still takes them, as Customer.io does
+    v1 = {"anonymous_id": "anon-1", "name": "viewed"}
+    assert client.post("/api/v1/events", json=v1).status_code == 200
+    assert list(client.get("/_sandbox/anonymous_events").json()) == ["anon-1"]
 
 
 def test_request_log_pages_by_seq_and_never_shows_the_key(client: httpx.Client) -> None:

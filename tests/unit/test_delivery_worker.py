@@ -163,6 +163,17 @@ def anon(partition: str, seq: int) -> dict[str, Any]:
     return {"name": "e", "anonymous_id": partition, "data": {"seq": seq, "bad": False}}
 
 
+def anon_item(partition: str, seq: int) -> dict[str, Any]:
+    """An anonymous visitor's event as a v2 item (``Endpoint.ANONYMOUS_ITEM``)."""
+    return {
+        "type": "person",
+        "action": "event",
+        "identifiers": {"anonymous_id": partition},
+        "name": "e",
+        "attributes": {"seq": seq, "bad": False},
+    }
+
+
 @dataclass
 class Request:
     path: str
@@ -208,7 +219,8 @@ class FakeCustomerIO:
 def key(it: dict[str, Any]) -> tuple[str, int]:
     if "anonymous_id" in it:
         return it["anonymous_id"], it["data"]["seq"]
-    return it["identifiers"]["id"], it["attributes"]["seq"]
+    ids = it["identifiers"]
+    return ids.get("id") or ids["anonymous_id"], it["attributes"]["seq"]
 
 
 def ok(_: Request) -> httpx.Response:
@@ -594,6 +606,127 @@ def test_a_partition_mixing_batch_and_anonymous_ops_keeps_its_order() -> None:
     run = drive(q, region_ok(ok))
     assert [s for (p, s) in run.cio.accepted if p == "p"] == [1, 2, 3]
     assert q.dead == [] and q.retries == []
+
+
+def _refuse_anonymous_items(req: Request) -> httpx.Response:
+    """Customer.io refusing the anonymous_id identifier in batches (207), accepting v1."""
+    refused = [
+        {"batch_index": i, "reason": "invalid", "field": "identifiers", "message": "unknown"}
+        for i, it in enumerate(req.items)
+        if req.path == "/api/v2/batch" and "anonymous_id" in it.get("identifiers", {})
+    ]
+    if refused:
+        return httpx.Response(207, json={"errors": refused})
+    return httpx.Response(200, json={})
+
+
+ONE_AT_A_TIME = FAST.model_copy(update={"max_in_flight": 1, "batch_max_ops": 2})
+
+
+def test_anonymous_items_ride_in_the_batch_in_claim_order() -> None:
+    q = RecordingQueue()
+    ids = [
+        q.add("alice", item("alice", 1)),
+        q.add("anon-1", anon_item("anon-1", 1), endpoint=Endpoint.ANONYMOUS_ITEM),
+        q.add("bob", item("bob", 1)),
+        q.add("anon-1", anon_item("anon-1", 2), endpoint=Endpoint.ANONYMOUS_ITEM),
+    ]
+    run = drive(q, region_ok(ok))
+    assert sorted(q.acked) == ids and q.dead == []
+    assert [r.path for r in run.cio.requests] == ["/api/v1/accounts/region", "/api/v2/batch"]
+    (batch,) = batch_requests(run)
+    assert [key(i) for i in batch.items] == [("alice", 1), ("anon-1", 1), ("bob", 1), ("anon-1", 2)]
+    assert batch.items[1]["identifiers"] == {"anonymous_id": "anon-1"}
+    assert run.metric("anonymous_fallback_total") == 0
+
+
+def test_anonymous_events_endpoint_v1_sends_each_as_a_v1_anonymous_event() -> None:
+    q = RecordingQueue()
+    q.add("anon-1", anon_item("anon-1", 1), endpoint=Endpoint.ANONYMOUS_ITEM)
+    q.add("alice", item("alice", 1))
+    settings = FAST.model_copy(update={"anonymous_events_endpoint": "v1"})
+    run = drive(q, region_ok(ok), settings=settings)
+    assert [r.path for r in run.cio.requests[1:]] == ["/api/v1/events", "/api/v2/batch"]
+    assert run.cio.requests[1].items == [
+        {"anonymous_id": "anon-1", "name": "e", "data": {"seq": 1, "bad": False}}
+    ]
+    assert [key(i) for i in batch_requests(run)[0].items] == [("alice", 1)]
+    assert q.dead == [] and run.metric("anonymous_fallback_total") == 0
+
+
+def test_207_refusing_anonymous_items_resends_them_through_v1_then_v1_for_good(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    q = RecordingQueue()
+    ids = [
+        q.add("alice", item("alice", 1)),
+        q.add("anon-1", anon_item("anon-1", 1), endpoint=Endpoint.ANONYMOUS_ITEM),
+        q.add("bob", item("bob", 1)),
+        q.add("anon-2", anon_item("anon-2", 1), endpoint=Endpoint.ANONYMOUS_ITEM),
+    ]
+    run = drive(q, region_ok(_refuse_anonymous_items), settings=ONE_AT_A_TIME)
+    assert sorted(q.acked) == ids
+    assert q.dead == [] and q.retries == []  # a refused identifier is not bad data
+    assert [(r.path, [key(i) for i in r.items]) for r in run.cio.requests[1:]] == [
+        ("/api/v2/batch", [("alice", 1), ("anon-1", 1)]),  # 207: anon-1 refused
+        ("/api/v1/events", [("anon-1", 1)]),  # re-sent through v1
+        ("/api/v1/events", [("anon-2", 1)]),  # later ones: v1 directly
+        ("/api/v2/batch", [("bob", 1)]),
+    ]
+    assert run.metric("anonymous_fallback_total") == 1
+    assert run.metric("operations_delivered_total", action="event") == 4
+    switched = [r for r in caplog.records if "refused anonymous_id" in r.getMessage()]
+    assert len(switched) == 1  # logged once
+
+
+def test_207_refusal_dead_letters_only_the_real_failures_of_the_same_batch() -> None:
+    q = RecordingQueue()
+    q.add("alice", item("alice", 1, bad=True))
+    anon_id = q.add("anon-1", anon_item("anon-1", 1), endpoint=Endpoint.ANONYMOUS_ITEM)
+
+    def respond(req: Request) -> httpx.Response:
+        if req.path == "/api/v2/batch":
+            return httpx.Response(
+                207,
+                json={
+                    "errors": [
+                        {"batch_index": 0, "reason": "invalid", "field": "name", "message": "x"},
+                        {"batch_index": 1, "reason": "invalid", "field": "identifiers"},
+                    ]
+                },
+            )
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond))
+    assert [r.op_id for r in q.dead] == [1]
+    assert q.acked == [anon_id]
+    assert run.cio.accepted == [("anon-1", 1)]  # through v1
+
+
+def test_400_refusing_anonymous_items_splits_then_falls_back_without_dead_letters() -> None:
+    q = RecordingQueue()
+    ids = [
+        q.add("anon-1", anon_item("anon-1", 1), endpoint=Endpoint.ANONYMOUS_ITEM),
+        q.add("anon-2", anon_item("anon-2", 1), endpoint=Endpoint.ANONYMOUS_ITEM),
+        q.add("alice", item("alice", 1)),
+    ]
+
+    def respond(req: Request) -> httpx.Response:
+        if any("anonymous_id" in i.get("identifiers", {}) for i in req.items):
+            error = {"reason": "invalid", "field": "identifiers", "message": "unknown"}
+            return httpx.Response(400, json={"errors": [error]})
+        return httpx.Response(200, json={})
+
+    run = drive(q, region_ok(respond))
+    assert sorted(q.acked) == ids and q.dead == []
+    assert [(r.path, [key(i) for i in r.items]) for r in run.cio.requests[1:]] == [
+        ("/api/v2/batch", [("anon-1", 1), ("anon-2", 1), ("alice", 1)]),  # 400: split
+        ("/api/v2/batch", [("anon-1", 1)]),  # 400 naming identifiers, all anonymous
+        ("/api/v1/events", [("anon-1", 1)]),
+        ("/api/v1/events", [("anon-2", 1)]),  # the other half: v1 directly
+        ("/api/v2/batch", [("alice", 1)]),
+    ]
+    assert run.metric("anonymous_fallback_total") == 1
 
 
 def test_stop_releases_what_is_still_in_flight_after_the_grace_period() -> None:

@@ -83,7 +83,8 @@ def test_every_case_maps_to_sendable_operations(name: str) -> None:
 
 def test_01_set_id_differs_from_distinct_id() -> None:
     results = run("01-set-id-differs-from-distinct-id")
-    identify, event = ops(results)
+    identify, merge, event = ops(results)
+    assert merge.body["attributes"] == {"anonymous_id": merge.partition}  # the visit, merged
     assert identify.action == "identify"
     assert identify.body["identifiers"] == {"id": "ana.lima@example.org"}
     assert "id" not in identify.body["attributes"]
@@ -128,7 +129,8 @@ def test_03_alias_to_illegal_id() -> None:
 def test_06_email_distinct_id(by_email: bool) -> None:
     address = "rosa.quint@example.org"
     rules = MappingRules(identify_by_email=by_email)
-    identify, event = ops(run("06-email-distinct-id", rules))
+    identify, merge, event = ops(run("06-email-distinct-id", rules))
+    assert merge.body["identifiers"] == identify.body["identifiers"]
     assert identify.action == "identify" and event.action == "event"
     assert identify.body["attributes"]["email"] == address
     expected = {"email": address} if by_email else {"id": address}
@@ -137,8 +139,8 @@ def test_06_email_distinct_id(by_email: bool) -> None:
 
 def test_07_cookieless_send_all() -> None:
     (op,) = ops(run("07-cookieless-send-all"))
-    assert op.endpoint is Endpoint.ANONYMOUS and op.action == "page"
-    assert op.body["anonymous_id"] == "cookieless_YmF6cXV4Zm9vYmFyNjc4"
+    assert op.endpoint is Endpoint.ANONYMOUS_ITEM and op.action == "page"
+    assert op.body["identifiers"] == {"anonymous_id": "cookieless_YmF6cXV4Zm9vYmFyNjc4"}
 
 
 def test_08_object_created_at() -> None:

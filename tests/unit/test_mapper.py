@@ -22,7 +22,7 @@ from posthog_customerio.mapping.explain import Explanation, explain, format_expl
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.limits import MAX_ITEM_BYTES
 from posthog_customerio.mapping.mapper import EventMapper, Mapper, MappingOutcome
-from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.operation import Endpoint, Operation, v1_anonymous_body
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import is_ulid, ulid_from_uuid
 from posthog_customerio.sources.event import PostHogEvent
@@ -109,11 +109,25 @@ _V1_ALTERNATIVE = {"event": 0, "page": 1, "screen": 2}
 
 
 def spec_problems(op: Operation) -> list[str]:
-    """Why ``op`` would be rejected by the spec; [] when valid."""
+    """Why ``op`` would be rejected by the spec; [] when valid.
+
+    An anonymous item (``identifiers: {"anonymous_id"}``, which the spec does not list) is
+    checked independently with the identifier read as an ``id`` (spec.py's reading), and its
+    v1 form (the fallback) is checked too.
+    """
     body = op.body
-    if op.endpoint is Endpoint.BATCH:
+    if op.endpoint in (Endpoint.BATCH, Endpoint.ANONYMOUS_ITEM):
         problems = default_validator().validate_batch_item(body)
-        problems += [e.message for e in _local_validator(_V2_SCHEMAS[op.action]).iter_errors(body)]
+        local = body
+        if op.endpoint is Endpoint.ANONYMOUS_ITEM:
+            ids = body["identifiers"]
+            if list(ids) != ["anonymous_id"] or not ids["anonymous_id"]:
+                problems.append(f"an anonymous item names {ids}")
+            local = {**body, "identifiers": {"id": ids["anonymous_id"]}}
+            problems += spec_problems(
+                dataclasses.replace(op, endpoint=Endpoint.ANONYMOUS, body=v1_anonymous_body(body))
+            )
+        problems += [e.message for e in _local_validator(_V2_SCHEMAS[op.action]).iter_errors(local)]
         if len(orjson.dumps(body)) > MAX_ITEM_BYTES:
             problems.append("over the 32 KB item limit")
         return problems
@@ -130,12 +144,22 @@ def spec_problems(op: Operation) -> list[str]:
     return problems
 
 
+def merged_visitor(op: Operation) -> str | None:
+    """The anonymous visitor an identify merges, if it is the merging identify."""
+    attributes = op.body.get("attributes", {})
+    if op.action == "identify" and list(attributes) == ["anonymous_id"]:
+        return str(attributes["anonymous_id"])
+    return None
+
+
 def assert_sendable(ops: Sequence[Operation], event: PostHogEvent) -> None:
     for op in ops:
         assert spec_problems(op) == [], op
         if op.body.get("type") == "object":  # ordered per object, not per person
             ids = op.body["identifiers"]
             assert op.partition == f"object:{ids['object_type_id']}:{ids['object_id']}"
+        elif merged_visitor(op) is not None:  # behind the visitor's anonymous events
+            assert op.partition == merged_visitor(op) == event.properties["$anon_distinct_id"]
         else:
             assert op.partition == event.distinct_id
         assert op.event_uuid == event.uuid
@@ -155,7 +179,9 @@ class Case:
     rules: MappingRules = SEND_ALL
     states: dict[str, IdentityState] = field(default_factory=dict)
     dropped: str | None = None
-    ops: Sequence[str] = ()  # "action" for v2 items, "anonymous:action" for v1 anonymous events
+    # "action" for v2 items, "anonymous:action" for anonymous_id items, "v1_anonymous:action"
+    # for v1 anonymous events
+    ops: Sequence[str] = ()
     bodies: Sequence[dict[str, Any]] | None = None  # exact bodies, when given
     truncations: dict[str, int] | None = None
     state: IdentityState | None = None  # the distinct_id's state afterwards
@@ -286,12 +312,13 @@ CASES = [
             ops=["anonymous:page"],
             bodies=[
                 {
-                    "anonymous_id": DEVICE,
+                    "type": "person",
+                    "action": "page",
+                    "identifiers": {"anonymous_id": DEVICE},
                     "name": "https://x.test/pricing",
-                    "type": "page",
                     "id": ULID,
                     "timestamp": T_S,
-                    "data": {
+                    "attributes": {
                         "$is_identified": False,
                         "$device_id": DEVICE,
                         "$current_url": "https://x.test/pricing",
@@ -302,14 +329,14 @@ CASES = [
         id="send_all_anonymous_pageview_is_anonymous_page",
     ),
     pytest.param(
-        Case(anon(), ops=["anonymous:event"], check=_not_in("type", body)),
-        id="send_all_anonymous_custom_event_has_no_type",
+        Case(anon(), ops=["anonymous:event"], check=_is("event", lambda o: body(o)["action"])),
+        id="send_all_anonymous_custom_event_is_an_event",
     ),
     pytest.param(
         Case(
             anon("$screen", props={"$screen_name": "Home"}),
             ops=["anonymous:screen"],
-            check=_is("screen", lambda o: body(o)["type"]),
+            check=_is("screen", lambda o: body(o)["action"]),
         ),
         id="send_all_anonymous_screen",
     ),
@@ -493,8 +520,11 @@ CASES = [
         Case(
             IDENTIFY_SET,
             BY_EMAIL,
-            ops=["identify"],
-            check=_is({"email": "jane@example.com"}, lambda o: body(o)["identifiers"]),
+            ops=["identify", "identify"],
+            check=_is(
+                [{"email": "jane@example.com"}] * 2,
+                lambda o: [op.body["identifiers"] for op in o.operations],
+            ),
         ),
         id="identify_by_email_uses_email_identifier",
     ),
@@ -675,7 +705,7 @@ CASES = [
     pytest.param(
         Case(
             IDENTIFY_SET,
-            ops=["identify"],
+            ops=["identify", "identify"],
             bodies=[
                 {
                     "type": "person",
@@ -683,12 +713,18 @@ CASES = [
                     "identifiers": {"id": "user_42"},
                     "attributes": {
                         "email": "jane@example.com",
-                        "anonymous_id": DEVICE,
                         "plan": "pro",
                         "signup_source": "pricing",
                     },
-                }
+                },
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"id": "user_42"},
+                    "attributes": {"anonymous_id": DEVICE},
+                },
             ],
+            check=_is(["user_42", DEVICE], lambda o: [op.partition for op in o.operations]),
             state=IdentityState(
                 identified=True,
                 email="jane@example.com",
@@ -1024,7 +1060,7 @@ CASES = [
     pytest.param(
         Case(
             anon(props={"a": "x" * 60_000, "b": "y" * 60_000}),
-            ops=["anonymous:event"],
+            ops=["v1_anonymous:event"],
             truncations={"event_data": 1},
         ),
         id="anonymous_event_data_over_100k_drops_largest_key",
@@ -1307,8 +1343,11 @@ CASES = [
 ]
 
 
+_LABEL_PREFIX = {Endpoint.BATCH: "", Endpoint.ANONYMOUS_ITEM: "anonymous:"}
+
+
 def _labels(ops: Sequence[Operation]) -> list[str]:
-    return [op.action if op.endpoint is Endpoint.BATCH else f"anonymous:{op.action}" for op in ops]
+    return [_LABEL_PREFIX.get(op.endpoint, "v1_anonymous:") + op.action for op in ops]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -1367,9 +1406,12 @@ def test_same_uuid_same_event_id_across_replays() -> None:
 def test_anonymous_history_then_identify_merges_by_anonymous_id() -> None:
     """The Customer.io side of the anonymous → identified story: same id on both."""
     results = explain([anon("$pageview"), IDENTIFY_SET], SEND_ALL)
-    anon_body = results[0].operations[0].body
-    identify_body = results[1].operations[0].body
-    assert anon_body["anonymous_id"] == identify_body["attributes"]["anonymous_id"] == DEVICE
+    (page,) = results[0].operations
+    merge = results[1].operations[-1]
+    assert page.body["identifiers"]["anonymous_id"] == DEVICE
+    assert merge.body["attributes"] == {"anonymous_id": DEVICE}
+    # The identify that merges is ordered behind the visitor's events: the same partition.
+    assert page.partition == merge.partition == DEVICE
 
 
 def test_sticky_flags_never_turn_off() -> None:
@@ -1399,7 +1441,7 @@ STORY = [
 STORY_SEND_ALL = [
     ("$pageview", "send", None, ["anonymous:page"]),
     ("$pageview", "send", None, ["anonymous:page"]),
-    ("$identify", "send", None, ["identify"]),
+    ("$identify", "send", None, ["identify", "identify"]),  # the person's, then the merge
     ("$pageview", "send", None, ["page"]),
     ("$autocapture", "send", None, ["event"]),
     ("order_completed", "send", None, ["identify", "event"]),
@@ -1452,7 +1494,9 @@ def test_story(rules: MappingRules, expected: list[Any]) -> None:
     for event, result in zip(events, results, strict=True):
         assert_sendable(result.operations, event)
     identify = results[2].operations[0].body
-    assert identify["attributes"]["anonymous_id"] == events[0].distinct_id
+    merge = next(op for op in results[2].operations if merged_visitor(op) is not None)
+    assert merge.body["attributes"]["anonymous_id"] == events[0].distinct_id
+    assert merge.body["identifiers"] == identify["identifiers"]
     assert identify["attributes"]["email"] == "jane@example.com"
     assert identify["attributes"]["created_at"] == 1_727_683_200
     if rules.identify_by_email:
@@ -1466,7 +1510,7 @@ def test_story(rules: MappingRules, expected: list[Any]) -> None:
 def test_story_explained_for_humans() -> None:
     text = "\n\n".join(format_explanation(x) for x in explain(story_events(), SEND_ALL))
     assert "DROP  reason: groups_not_mapped" in text
-    assert "POST /api/v1/events (anonymous)" in text
+    assert "POST /api/v2/batch (item, anonymous_id)" in text
     assert '"anonymous_id": "0192480a-70d5-726b-b2a7-4de452e6b438"' in text
     assert "SEND  2 operations" in text
 

@@ -102,6 +102,131 @@ def test_status_table(
     assert outcome.throttled == (response.status == 429)
 
 
+ANON_REFUSED = {"reason": "invalid", "field": "identifiers", "message": "unknown identifier"}
+ANON_ID_NAMED = {"reason": "invalid", "message": "anonymous_id is not an identifier"}
+NAME_MISSING = {"reason": "required", "field": "name", "message": "missing"}
+
+
+def _at(index: int, error: dict[str, str]) -> dict[str, object]:
+    return {"batch_index": index, **error}
+
+
+@pytest.mark.parametrize(
+    ("response", "item_count", "anonymous", "kind", "failed", "fallback"),
+    [
+        pytest.param(
+            resp(207, {"errors": [_at(1, ANON_REFUSED), _at(2, ANON_ID_NAMED)]}),
+            3,
+            {1, 2},
+            OutcomeKind.PARTIAL,
+            set(),
+            {1, 2},
+            id="207-anonymous-refused-falls-back",
+        ),
+        pytest.param(
+            resp(207, {"errors": [_at(0, ANON_REFUSED), _at(1, ANON_REFUSED)]}),
+            3,
+            {1},
+            OutcomeKind.PARTIAL,
+            {0},
+            {1},
+            id="207-identifiers-of-a-person-item-is-a-failure",
+        ),
+        pytest.param(
+            resp(207, {"errors": [_at(1, NAME_MISSING)]}),
+            3,
+            {1},
+            OutcomeKind.PARTIAL,
+            {1},
+            set(),
+            id="207-anonymous-item-bad-for-another-reason-is-a-failure",
+        ),
+        pytest.param(
+            resp(207, {"errors": [_at(0, NAME_MISSING), _at(2, ANON_REFUSED)]}),
+            3,
+            {2},
+            OutcomeKind.PARTIAL,
+            {0},
+            {2},
+            id="207-both",
+        ),
+        pytest.param(
+            resp(400, {"errors": [ANON_REFUSED]}),
+            2,
+            {0, 1},
+            OutcomeKind.FALLBACK,
+            set(),
+            set(),
+            id="400-identifiers-all-anonymous-falls-back",
+        ),
+        pytest.param(
+            resp(400, {"errors": [ANON_REFUSED]}),
+            1,
+            {0},
+            OutcomeKind.FALLBACK,
+            set(),
+            set(),
+            id="400-identifiers-single-anonymous-falls-back",
+        ),
+        pytest.param(
+            resp(400, {"errors": [ANON_REFUSED]}),
+            3,
+            {0, 1},
+            OutcomeKind.SPLIT,
+            set(),
+            set(),
+            id="400-identifiers-mixed-batch-splits-first",
+        ),
+        pytest.param(
+            resp(400, {"errors": [NAME_MISSING]}),
+            2,
+            {0, 1},
+            OutcomeKind.SPLIT,
+            set(),
+            set(),
+            id="400-other-reason-all-anonymous-splits",
+        ),
+        pytest.param(
+            resp(400, {"errors": [NAME_MISSING]}),
+            1,
+            {0},
+            OutcomeKind.REJECTED,
+            set(),
+            set(),
+            id="400-other-reason-single-anonymous-rejected",
+        ),
+        pytest.param(
+            resp(400, {"errors": [ANON_REFUSED]}),
+            1,
+            set(),
+            OutcomeKind.REJECTED,
+            set(),
+            set(),
+            id="400-identifiers-of-a-person-rejected",
+        ),
+        pytest.param(
+            resp(500, b""), 2, {0, 1}, OutcomeKind.RETRY, set(), set(), id="500-anonymous-retry"
+        ),
+    ],
+)
+def test_anonymous_id_items_table(
+    response: TrackResponse,
+    item_count: int,
+    anonymous: set[int],
+    kind: OutcomeKind,
+    failed: set[int],
+    fallback: set[int],
+) -> None:
+    """Items naming a visitor by anonymous_id, refused for their identifiers, are set apart
+    for v1 (never failures); anything else about them is classified as for any item."""
+    outcome = classify(
+        response, item_count=item_count, now=NOW, retry_after_max_secs=CAP, anonymous=anonymous
+    )
+    assert outcome.kind is kind
+    assert set(outcome.failed) == failed
+    assert set(outcome.fallback) == fallback
+
+
 def test_207_lists_exactly_the_failed_indices_with_details() -> None:
     body = {
         "errors": [

@@ -385,6 +385,18 @@ CASES = [
         {},
         id="event-without-timestamp-gets-arrival-time",
     ),
+    pytest.param(
+        [
+            event({"anonymous_id": "anon-1"}, "viewed", action="page"),
+            anon("anon-1", "clicked"),
+            event({"anonymous_id": "anon-2"}, "other"),
+            person(U1, attributes={"anonymous_id": "anon-1"}),
+            event({"anonymous_id": "anon-1"}, "later"),
+        ],
+        {"u1": {"event_names": ["viewed", "clicked", "later"], "anonymous_ids": ["anon-1"]}},
+        {"people": 1, "anonymous_events_pending": 1, "events_stored": 4},
+        id="v2-anonymous-id-event-is-a-v1-anonymous-event",
+    ),
 ]
 
 

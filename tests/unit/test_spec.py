@@ -169,6 +169,48 @@ def test_broken_items_fail_naming_the_field(validator: SpecValidator, item: Any,
     assert any(p.startswith(f"{path}:") for p in problems), problems
 
 
+@pytest.mark.parametrize("action", ["event", "page", "screen"])
+def test_anonymous_id_identifier_of_an_event_is_read_as_an_id(
+    validator: SpecValidator, action: str
+) -> None:
+    """Customer.io's Segment destination sends ``{"anonymous_id"}`` in v2 batches
+    (segmentio/action-destinations, .../customerio/utils.ts); the rest of the item still
+    meets the document."""
+    item = _event(action=action, identifiers={"anonymous_id": "0192480a-70d5"})
+    assert validator.validate_batch_item(item) == []
+    assert validator.validate_request("batch", {"batch": [item]}) == []
+
+
+@pytest.mark.parametrize(
+    ("item", "path", "text"),
+    [
+        pytest.param(
+            _event(identifiers={"anonymous_id": "a"}, name=5), "$.name", "", id="rest-checked"
+        ),
+        pytest.param(
+            _event(identifiers={"anonymous_id": "a"}, id="nope"), "$.id", "", id="ulid-checked"
+        ),
+        pytest.param(
+            _event(identifiers={"anonymous_id": 42}),
+            "$.identifiers",
+            "anonymous_id",
+            id="value-not-string",
+        ),
+        pytest.param(
+            {"type": "person", "action": "identify", "identifiers": {"anonymous_id": "a"}},
+            "$.identifiers",
+            "",
+            id="identify-by-anonymous-id",
+        ),
+    ],
+)
+def test_anonymous_id_items_still_fail_on_everything_else(
+    validator: SpecValidator, item: Any, path: str, text: str
+) -> None:
+    problems = validator.validate_batch_item(item)
+    assert any(p.startswith(f"{path}:") and text in p for p in problems), problems
+
+
 def test_batch_problems_name_the_item_index(validator: SpecValidator) -> None:
     body = {"batch": [_event(), _event(name=5), _event(), _event(id="nope")]}
     problems = validator.check_request("batch", body)

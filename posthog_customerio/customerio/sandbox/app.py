@@ -8,6 +8,9 @@ so tests can drive the real connector over loopback and assert on what it did.
 Faults are injected before any work is applied, so a failed request changes nothing:
 latency, then credentials, then the rate limit (429 with ``Retry-After``), then the random
 failure (``fail_rate`` → ``fail_status``). ``POST /_sandbox/faults`` changes them at run time.
+``reject_anonymous_batch`` is per item: it answers batch items naming a person by
+``anonymous_id`` as Customer.io would if it refused that identifier (a 207 error on
+``identifiers``), to exercise the connector's fallback to ``POST /api/v1/events``.
 
 Control and inspection live under ``/_sandbox/`` (no auth; it is a local test tool):
 ``faults``, ``reset``, ``people``, ``people/{id_or_email}``, ``anonymous_events``,
@@ -67,6 +70,7 @@ class SandboxConfig:
     latency_ms: int = 0
     reject_credentials: bool = False
     reject_event_names: frozenset[str] = frozenset()
+    reject_anonymous_batch: bool = False
     max_body_bytes: int = 500_000
     seed: int | None = None
 
@@ -80,6 +84,7 @@ _FAULT_FIELDS: dict[str, tuple[type, ...]] = {
     "latency_ms": (int, float),
     "reject_credentials": (bool,),
     "reject_event_names": (list,),
+    "reject_anonymous_batch": (bool,),
     "max_body_bytes": (int,),
     "seed": (int, type(None)),
 }
@@ -99,6 +104,11 @@ def _v2_error(field: str, message: str, reason: str = "invalid") -> dict[str, An
 
 def _describe(problems: list[SpecProblem]) -> str:
     return "; ".join(str(p) for p in problems[:5])
+
+
+def _names_anonymous(item: Mapping[str, Any]) -> bool:
+    identifiers = item.get("identifiers")
+    return isinstance(identifiers, dict) and "anonymous_id" in identifiers
 
 
 class _TokenBucket:
@@ -232,6 +242,7 @@ class _Sandbox:
             "latency_ms": c.latency_ms,
             "reject_credentials": c.reject_credentials,
             "reject_event_names": sorted(c.reject_event_names),
+            "reject_anonymous_batch": c.reject_anonymous_batch,
             "max_body_bytes": c.max_body_bytes,
             "seed": c.seed,
         }
@@ -345,6 +356,12 @@ class _Sandbox:
         problems = self.validator.check_batch_item(item)
         if problems:
             return {"reason": "invalid", "field": problems[0].field, "message": _describe(problems)}
+        if self.config.reject_anonymous_batch and _names_anonymous(item):
+            return {
+                "reason": "invalid",
+                "field": "identifiers",
+                "message": "identifiers must be one of id, email, phone or cio_id (sandbox fault)",
+            }
         if self._poisoned(item) and item.get("action") in _EVENT_ACTIONS:
             return {
                 "reason": "invalid",

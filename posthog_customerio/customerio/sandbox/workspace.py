@@ -7,7 +7,9 @@ result rather than on the requests (TRACK-API.md, "Semantics"):
   identify or an event for an unknown person creates it (``_update: true`` never creates);
 - an attribute sent as ``""`` or ``null`` is removed; an identify older than the profile's
   last timestamped update is ignored (observed Customer.io behaviour);
-- ``attributes.anonymous_id`` on identify attaches the anonymous events stored under that id,
+- an anonymous event (v1 ``POST /api/v1/events``, or a v2 person event/page/screen whose
+  ``identifiers`` are ``{"anonymous_id"}``) is kept under its anonymous id;
+  ``attributes.anonymous_id`` on identify attaches the anonymous events stored under that id,
   and later anonymous events with it go straight to the person;
 - an event ``id`` seen before is ignored and counted;
 - merge copies the secondary's attributes the primary lacks, moves its events, devices,
@@ -605,6 +607,15 @@ class Workspace:
                     attributes,
                     relationships=relationships,
                     timestamp=timestamp if isinstance(timestamp, int) else None,
+                )
+            elif action in ("event", "page", "screen") and "anonymous_id" in ids:
+                self.track_anonymous(  # the same as a v1 anonymous event
+                    str(ids["anonymous_id"]),
+                    str(item.get("name")),
+                    kind=str(action),
+                    event_id=item.get("id"),
+                    timestamp=item.get("timestamp"),
+                    data=attributes,
                 )
             elif action in ("event", "page", "screen"):
                 self.track(
