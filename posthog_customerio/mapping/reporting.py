@@ -249,3 +249,40 @@ class CaptureMapper:
             )
             return MappingOutcome(states={}, operations=[op])
         return MappingOutcome(states={}, operations=[], dropped="not_reporting")
+
+
+# --- explain ----------------------------------------------------------------------------------
+
+
+def looks_like_reporting(value: object) -> bool:
+    """Whether a parsed JSON value is a Customer.io reporting webhook rather than PostHog's."""
+    return isinstance(value, dict) and {"event_id", "object_type", "metric"} <= value.keys()
+
+
+def explain_reporting(report: ReportingEvent, options: ReportingOptions) -> dict[str, Any]:
+    """What ``explain`` prints for a reporting payload: the PostHog event, or why none.
+
+    Offline, so the distinct_id is ``identifiers.id`` (``serve`` looks up who the connector
+    sent that person as) and attribution is shown when ``trigger_event_id`` decodes to a uuid
+    (``serve`` also checks that the connector ingested that event)."""
+    if not metric_allowed(report.object_type, report.metric, options.metrics):
+        return {
+            "event_id": report.event_id,
+            "decision": "drop",
+            "reason": "not_in_reporting_metrics",
+        }
+    event = capture_event(
+        report,
+        distinct_id=fallback_distinct_id(report),
+        trigger_event_uuid=trigger_uuid(report.data.get("trigger_event_id")),
+        options=options,
+    )
+    return {
+        "event_id": report.event_id,
+        "decision": "capture",
+        "endpoint": "POST {posthog_capture_url}/batch/",
+        "posthog_event": event,
+        "notes": [
+            "distinct_id: serve uses the distinct_id this connector sent the person under",
+        ],
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 from posthog_customerio.mapping.reporting import uuid_from_ulid
 from posthog_customerio.mapping.ulid import ulid_from_uuid
-from tests.e2e.harness import Sandbox, Serve, wait_until
+from tests.e2e.harness import Sandbox, Serve, run_cli, wait_until
 from tests.fake_posthog import FakePostHog, running
 from tests.reporting_sender import new_ulid, reporting_body, signed_headers
 
@@ -203,3 +204,17 @@ def test_loop_guard_drops_own_events(tmp_path: Path, sandbox: Sandbox) -> None:
             assert r.json()["reasons"] == {"own_event": 1}
         finally:
             serve.close()
+
+
+def test_explain_prints_the_posthog_event_of_a_reporting_payload() -> None:
+    sample = Path(__file__).resolve().parents[2] / "examples/customerio/reporting-email-opened.json"
+    r = run_cli("explain", "--json", str(sample))
+    assert r.returncode == 0, r.stderr
+    [result] = json.loads(r.stdout)
+    event = result["posthog_event"]
+    assert event["event"] == "Email Opened" and event["distinct_id"] == "user-1"
+    assert event["uuid"] == uuid_from_ulid("01E4C4CT6YDC7Y5M7FE1GWWPQJ")
+    assert event["properties"]["customerio_trigger_event_uuid"] == (
+        "01932b8e-7c3a-7d4e-9f00-1223456799ab"
+    )
+    assert "customerio_recipient" not in event["properties"]
