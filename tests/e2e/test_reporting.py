@@ -218,3 +218,42 @@ def test_explain_prints_the_posthog_event_of_a_reporting_payload() -> None:
         "01932b8e-7c3a-7d4e-9f00-1223456799ab"
     )
     assert "customerio_recipient" not in event["properties"]
+
+
+@pytest.mark.parametrize("by_email", [False, True])
+def test_the_sandbox_sends_signed_webhooks_for_its_people(
+    tmp_path: Path, sandbox: Sandbox, by_email: bool
+) -> None:
+    """Customer.io's side played by the sandbox: about the person the connector created there,
+    with the id the connector gave the triggering event, retried, and once wrongly signed."""
+    with running(FakePostHog([])) as fake:
+        env = {"POSTHOG_CUSTOMERIO_IDENTIFY_BY_EMAIL": "true"} if by_email else {}
+        serve = serve_for(tmp_path, sandbox, fake, **env)
+        try:
+            identify_and_event(serve, "ada@example.com")
+            person = sandbox.person("ada@example.com")
+            assert person is not None
+            spec = {
+                "person": "ada@example.com",
+                "url": f"{serve.url}/customerio/reporting",
+                "signing_key": KEY,
+            }
+            refused = sandbox.http.post(
+                "/_sandbox/reporting", json={**spec, "wrong_signature": True}
+            )
+            assert [s["statuses"] for s in refused.json()["sent"]] == [[401]] * 3
+            r = sandbox.http.post("/_sandbox/reporting", json={**spec, "repeat": 2})
+            assert [s["statuses"] for s in r.json()["sent"]] == [[200, 200]] * 3
+            wait_until(lambda: len(fake.captured) == 3)
+            serve.wait_drained()
+            assert len(fake.capture_posts) == 3
+            for event in fake.captured.values():
+                assert event["distinct_id"] == "user-1"
+                assert event["properties"]["customerio_trigger_event_uuid"] == TRIGGER_UUID
+            assert {e["event"] for e in fake.captured.values()} == {
+                "Email Delivered",
+                "Email Opened",
+                "Email Link Clicked",
+            }
+        finally:
+            serve.close()
