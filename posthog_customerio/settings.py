@@ -421,12 +421,9 @@ def parse_allowlist(value: object) -> tuple[str, ...]:
 _OBJECT_TYPE_ID = re.compile(r"[1-9][0-9]*")
 
 
-def parse_object_types(value: object) -> dict[str, str]:
-    """``{"company": "1"}`` (TOML table or JSON object), or ``company=1,team=2``.
-
-    Raises ``ValueError`` naming the bad entry: a group type must be non-empty and an object
-    type id a positive integer (Customer.io numbers object types from 1).
-    """
+def _table(value: object, entry: str, what: str) -> Mapping[object, object]:
+    """A TOML table, a JSON object, or ``key=value,key=value`` text, as a mapping; ``entry``
+    names one pair in errors, ``what`` the whole table."""
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("{"):
@@ -437,15 +434,25 @@ def parse_object_types(value: object) -> dict[str, str]:
         else:
             pairs: dict[str, object] = {}
             for item in filter(None, (part.strip() for part in text.split(","))):
-                group_type, sep, type_id = item.partition("=")
+                key, sep, val = item.partition("=")
                 if not sep:
-                    raise ValueError(f"{item!r} is not group_type=object_type_id")
-                pairs[group_type.strip()] = type_id.strip()
+                    raise ValueError(f"{item!r} is not {entry}")
+                pairs[key.strip()] = val.strip()
             value = pairs
     if not isinstance(value, Mapping):
-        raise ValueError("expected a table of group type = object type id")
+        raise ValueError(f"expected a table of {what}")
+    return value
+
+
+def parse_object_types(value: object) -> dict[str, str]:
+    """``{"company": "1"}`` (TOML table or JSON object), or ``company=1,team=2``.
+
+    Raises ``ValueError`` naming the bad entry: a group type must be non-empty and an object
+    type id a positive integer (Customer.io numbers object types from 1).
+    """
+    table = _table(value, "group_type=object_type_id", "group type = object type id")
     out: dict[str, str] = {}
-    for group_type, type_id in value.items():
+    for group_type, type_id in table.items():
         if isinstance(type_id, int) and not isinstance(type_id, bool):
             type_id = str(type_id)
         if not isinstance(group_type, str) or not group_type.strip():
@@ -461,25 +468,9 @@ def parse_object_types(value: object) -> dict[str, str]:
 def parse_event_names(value: object) -> dict[str, str]:
     """``{"email:opened": "Opened Email"}`` (TOML table or JSON object), or
     ``email:opened=Opened Email,push:opened=Opened Push``."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text.startswith("{"):
-            try:
-                value = json.loads(text)
-            except ValueError as exc:
-                raise ValueError(f"not valid JSON ({exc})") from None
-        else:
-            pairs: dict[str, object] = {}
-            for item in filter(None, (part.strip() for part in text.split(","))):
-                key, sep, name = item.partition("=")
-                if not sep:
-                    raise ValueError(f"{item!r} is not object_type:metric=Event Name")
-                pairs[key.strip()] = name.strip()
-            value = pairs
-    if not isinstance(value, Mapping):
-        raise ValueError("expected a table of object_type:metric = event name")
+    table = _table(value, "object_type:metric=Event Name", "object_type:metric = event name")
     out: dict[str, str] = {}
-    for key, name in value.items():
+    for key, name in table.items():
         if not isinstance(key, str) or ":" not in key:
             raise ValueError(f"{key!r} is not object_type:metric")
         if not isinstance(name, str) or not name.strip():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -482,10 +483,27 @@ def _select(ids: list[int] | None, all_: bool, reason: str | None, since: str | 
     return Selection(reason=reason, since=parse_since(since))
 
 
+IdsArg = Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every dead letter.", metavar="")]
+
+
+def _on_selection(
+    action: Callable[..., Awaitable[int]],
+    ids: list[int] | None,
+    all_: bool,
+    reason: str | None,
+    since: str | None,
+    settings: Settings,
+) -> int:
+    """Run ``admin.replay`` or ``admin.purge`` on the dead letters the arguments select."""
+    chosen = _select(ids, all_, reason, since)
+    return int(_queue_call(settings, lambda q: action(q, chosen, via="cli")))
+
+
 @dead_letters_app.command("replay")
 def dl_replay(
-    ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.", metavar="")] = False,
+    ids: IdsArg = None,
+    all_: AllOpt = False,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     config: ConfigOpt = None,
@@ -496,15 +514,14 @@ def dl_replay(
     from posthog_customerio import admin
 
     settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
-    chosen = _select(ids, all_, reason, since)
-    n = _queue_call(settings, lambda q: admin.replay(q, chosen, via="cli"))
+    n = _on_selection(admin.replay, ids, all_, reason, since, settings)
     out.print(f"replayed {n} dead letter(s); the running server delivers them")
 
 
 @dead_letters_app.command("purge")
 def dl_purge(
-    ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every dead letter.", metavar="")] = False,
+    ids: IdsArg = None,
+    all_: AllOpt = False,
     reason: ReasonOpt = None,
     since: SinceOpt = None,
     config: ConfigOpt = None,
@@ -515,8 +532,7 @@ def dl_purge(
     from posthog_customerio import admin
 
     settings = settings_from(config, None, data_dir=data_dir, database_url=database_url)
-    chosen = _select(ids, all_, reason, since)
-    n = _queue_call(settings, lambda q: admin.purge(q, chosen, via="cli"))
+    n = _on_selection(admin.purge, ids, all_, reason, since, settings)
     out.print(f"purged {n} dead letter(s)")
 
 
