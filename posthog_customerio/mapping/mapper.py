@@ -688,10 +688,22 @@ class _Mapping:
             self.notes.append(f"alias {alias!r} is an id PostHog refuses to merge on: no merge")
             return "illegal_distinct_id"
         other = self.states.get(alias, _NEVER_SEEN)
+        primary = self._address()
+        if not other.seen:
+            # A new id of this person (PostHog links it): nothing to merge, but its later
+            # events are this person's, so they must not make a profile of their own.
+            self.extra_states[alias] = IdentityState(
+                identified=True,
+                seen=True,
+                merged_into=self.state.merged_into or self.did,
+                merged_email=primary.get("email"),
+            )
+            self.notes.append(f"alias {alias!r} not seen before: its events go to this person")
+            self._addressed_by_id(primary)
+            return "alias_not_identified"
         if not other.identified:
             self.notes.append(f"alias {alias!r} is not an identified person here")
             return "alias_not_identified"
-        primary = self._address()
         if other.merged_into is None and other.email is None and valid_email(alias):
             other = dataclasses.replace(other, email=valid_email(alias))
         secondary = self._address(alias, other)
@@ -712,9 +724,16 @@ class _Mapping:
                 f"alias {alias!r} never reached Customer.io: nothing to merge; its later"
                 " operations go to this person"
             )
+            self._addressed_by_id(primary)
             return None
         self._merge_operations(ops, alias, primary, secondary)
         return None
+
+    def _addressed_by_id(self, primary: Mapping[str, str]) -> None:
+        """The alias's operations will address this person by ``{"id"}``: count the profile as
+        existing by id, so an email learnt later is linked to it before the switch."""
+        if "id" in primary and self.state.merged_into is None and not self.state.exists:
+            self.state = dataclasses.replace(self.state, exists=True)
 
     def _merge_operations(
         self,
@@ -728,7 +747,8 @@ class _Mapping:
         Customer.io ignores a merge whose primary does not exist yet ("If the primary profile
         doesn't exist, your request won't do anything", Track API, "Merge duplicate people").
         The primary's own operations are in its own partition, not ordered with this one, so
-        the identify (no attributes: it creates the person or changes nothing) goes here, and
+        the identify (no attributes but the email of an ``identify_by_email`` primary: it
+        creates the person or changes nothing) goes here, and
         in the alias's partition the merge also comes after every operation queued for the
         alias before it, so nothing of the alias arrives after the merge to re-create it. A
         merge is sent in a request of its own (``SOLO_ACTIONS``): Customer.io may process a
@@ -738,7 +758,14 @@ class _Mapping:
             f"the primary's identify and the merge are queued behind {alias!r}'s operations;"
             " the merge goes in a request of its own"
         )
-        create = {"type": "person", "action": "identify", "identifiers": primary}
+        create: dict[str, Any] = {"type": "person", "action": "identify", "identifiers": primary}
+        if "email" in primary and self.state.merged_into is None:
+            # By the id, naming the email: Customer.io then updates the profile that has
+            # either (the id's, its email not yet linked; or the email's, given the id) or
+            # creates one with both, and never a second profile for the email while the
+            # person's link (in its own partition) is still on its way.
+            create["identifiers"] = {"id": self.did}
+            create["attributes"] = {"email": primary["email"]}
         merge = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
         for action, body in (("identify", create), (MERGE, merge)):
             ops.append(

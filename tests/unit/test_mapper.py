@@ -826,7 +826,9 @@ CASES = [
             ),
             BY_EMAIL,
             states={
-                "legacy-9001": IdentityState(identified=True, email="old@example.com", exists=True)
+                "legacy-9001": IdentityState(
+                    identified=True, email="old@example.com", seen=True, exists=True
+                )
             },
             ops=["identify", "identify", "merge"],
             check=_is(
@@ -1300,6 +1302,153 @@ CASES = [
             check=_is({"email": "old@example.org"}, lambda o: body(o, 1)["secondary"]),
         ),
         id="alias_email_shaped_id_merges_by_that_email",
+    ),
+    # rule 3, second half: identify_by_email links the id profile before switching
+    pytest.param(
+        Case(
+            ev("$identify", set={"email": "li@example.org", "name": "Li"}),
+            BY_EMAIL,
+            states={"user_42": KNOWN},
+            ops=["identify.link", "identify"],
+            bodies=[
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"id": "user_42"},
+                    "attributes": {"email": "li@example.org"},
+                },
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"email": "li@example.org"},
+                    "attributes": {"email": "li@example.org", "name": "Li"},
+                },
+            ],
+            check=_has_note("exists in Customer.io by id"),
+        ),
+        id="identify_by_email_links_the_id_profile_before_switching",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", set={"email": "li@example.org"}),
+            BY_EMAIL,
+            states={"user_42": IdentityState(identified=True, seen=True)},
+            ops=["identify"],
+        ),
+        id="identify_by_email_no_link_when_nothing_was_sent_by_id",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", set={"email": "new@example.org"}),
+            BY_EMAIL,
+            states={"user_42": KNOWN_WITH_EMAIL},
+            ops=["identify"],
+            check=_is({"email": "new@example.org"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="identify_by_email_no_link_when_the_email_changes",
+    ),
+    pytest.param(
+        Case(
+            ev(
+                "$identify",
+                set={"email": "li@example.org"},
+                props={"$anon_distinct_id": DEVICE},
+            ),
+            BY_EMAIL,
+            states={"user_42": KNOWN},
+            ops=["identify.link", "identify", "identify"],
+            check=_is({"id": "user_42"}, lambda o: body(o, 2)["identifiers"]),
+        ),
+        id="identify_by_email_link_addresses_the_visitor_merge_by_id",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "acme"}}, person={"email": "li@example.org"}),
+            dataclasses.replace(GROUPS, identify_by_email=True),
+            states={"user_42": KNOWN},
+            ops=["identify.link", "identify", "event", "add_relationships"],
+            check=_is(
+                [{"id": "user_42"}] + [{"email": "li@example.org"}] * 3,
+                lambda o: [op.body["identifiers"] for op in o.operations],
+            ),
+        ),
+        id="identify_by_email_event_relationship_after_the_link_use_the_email",
+    ),
+    # rule 4: merges that work
+    pytest.param(
+        Case(
+            ev("$create_alias", "acct_5521", identified=None, props={"alias": "legacy-9001"}),
+            states={"legacy-9001": KNOWN},
+            ops=["identify", "merge"],
+            check=lambda o: (
+                _is(
+                    ["legacy-9001", "legacy-9001"], lambda o: [op.partition for op in o.operations]
+                )(o),
+                _is({"id": "acct_5521"}, lambda o: body(o)["identifiers"])(o),
+                _is("acct_5521", lambda o: o.states["legacy-9001"].merged_into)(o),
+                _is(True, lambda o: o.states["acct_5521"].exists)(o),
+            ),
+        ),
+        id="merge_creates_the_primary_first_in_the_alias_partition",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "legacy-9001"}),
+            states={"legacy-9001": IdentityState(identified=True, seen=True)},
+            ops=[],
+            dropped="nothing_to_send",
+            check=lambda o: (
+                _is("user_42", lambda o: o.states["legacy-9001"].merged_into)(o),
+                _has_note("never reached Customer.io")(o),
+            ),
+        ),
+        id="alias_never_sent_needs_no_merge_but_is_redirected",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "legacy-9001", set={"tier": "gold"}),
+            states={"legacy-9001": dataclasses.replace(KNOWN, merged_into="acct_5521")},
+            ops=["identify", "event"],
+            check=_is(
+                [{"id": "acct_5521"}] * 2,
+                lambda o: [op.body["identifiers"] for op in o.operations],
+            ),
+        ),
+        id="merged_away_id_events_and_attributes_go_to_the_primary",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "legacy-9001"),
+            BY_EMAIL,
+            states={
+                "legacy-9001": dataclasses.replace(
+                    KNOWN, merged_into="acct_5521", merged_email="acct@example.org"
+                )
+            },
+            ops=["event"],
+            check=_is({"email": "acct@example.org"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="merged_away_id_with_identify_by_email_goes_to_the_primary_email",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "legacy-9001"}),
+            states={"legacy-9001": dataclasses.replace(KNOWN, merged_into="user_42")},
+            dropped="nothing_to_send",
+        ),
+        id="alias_already_merged_into_this_person_sends_nothing",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "legacy-9001"}),
+            BY_EMAIL,
+            dropped="alias_not_identified",
+            check=lambda o: (
+                _is("user_42", lambda o: o.states["legacy-9001"].merged_into)(o),
+                _is(True, lambda o: o.states["user_42"].exists)(o),
+            ),
+        ),
+        id="alias_never_seen_is_redirected_and_the_primary_kept_reachable_by_id",
     ),
     # rule 5: cookieless visitors
     pytest.param(
