@@ -41,7 +41,7 @@ from posthog_customerio.delivery.ratelimit import Limiter
 from posthog_customerio.delivery.retrylog import RetryLog
 from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.errors import QueueUnavailable
-from posthog_customerio.mapping.operation import Endpoint, v1_anonymous_body
+from posthog_customerio.mapping.operation import SOLO_ACTIONS, Endpoint, v1_anonymous_body
 from posthog_customerio.metrics import Metrics
 from posthog_customerio.posthog.capture import CaptureClient
 from posthog_customerio.queue.base import ClaimedOperation, DeliveryQueue, Lane, Rejection
@@ -699,20 +699,31 @@ def _defer_reordering(
 
     v1 anonymous events go out before the batch, so a partition's v1 operation that comes
     after one of its batch operations would overtake it; that one and the rest of its
-    partition are deferred (released, and claimed again once this claim is settled).
+    partition are deferred (released, and claimed again once this claim is settled). A merge
+    or a link (``SOLO_ACTIONS``) shares its request with no other operation of its partition:
+    it is deferred behind earlier ones, and what follows it waits for the next claim.
     """
     send: list[ClaimedOperation] = []
     deferred: list[ClaimedOperation] = []
     with_batch: set[str] = set()
+    sent: set[str] = set()
     cut: set[str] = set()
     for op in ops:
         v1 = _goes_v1(op, anonymous_v1)
-        if op.partition in cut or (v1 and op.partition in with_batch):
+        solo = op.action in SOLO_ACTIONS
+        if (
+            op.partition in cut
+            or (v1 and op.partition in with_batch)
+            or (solo and op.partition in sent)
+        ):
             cut.add(op.partition)
             deferred.append(op)
             continue
         if not v1:
             with_batch.add(op.partition)
+        if solo:
+            cut.add(op.partition)
+        sent.add(op.partition)
         send.append(op)
     return send, deferred
 

@@ -16,6 +16,13 @@ class IdentityState:
 
     ``relationships`` are the person → object relationships already sent, as
     ``"<object_type_id>:<object_id>"``, so a relationship is sent once, not with every event.
+
+    ``exists``: an identify or an event was queued under this person's identifier, so
+    Customer.io has (or will have, since a partition is delivered in order) a profile for it.
+    ``merged_into`` is the distinct_id this one was merged into (``$create_alias`` /
+    ``$merge_dangerously``), and ``merged_email`` the email that merge addressed it by (with
+    ``identify_by_email``): every later operation of this id goes to that person, so the
+    merged-away profile is never created again.
     """
 
     identified: bool = False
@@ -23,3 +30,6 @@ class IdentityState:
     seen: bool = False
     sent_attribute_keys: frozenset[str] = field(default_factory=frozenset)
     relationships: frozenset[str] = field(default_factory=frozenset)
+    exists: bool = False
+    merged_into: str | None = None
+    merged_email: str | None = None

@@ -41,7 +41,13 @@ from posthog_customerio.mapping.limits import (
     limit_event_name,
     shrink_mapping,
 )
-from posthog_customerio.mapping.operation import OBJECT_IDENTIFY, Endpoint, Operation
+from posthog_customerio.mapping.operation import (
+    LINK_IDENTIFY,
+    MERGE,
+    OBJECT_IDENTIFY,
+    Endpoint,
+    Operation,
+)
 from posthog_customerio.mapping.rules import AnonymousUsers, MappingRules
 from posthog_customerio.mapping.ulid import ulid_from_uuid
 from posthog_customerio.sources.event import PostHogEvent
@@ -77,6 +83,10 @@ class Mapper(Protocol):
 OWN_LIB = "posthog-customerio"
 
 ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
+# Person operations that create the person they address when Customer.io does not know it.
+_CREATING_ACTIONS = frozenset(
+    {"identify", LINK_IDENTIFY, "event", "page", "screen", "add_relationships"}
+)
 GROUP_IDENTIFY = "$groupidentify"
 _NEVER_SEEN = IdentityState()
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -242,6 +252,7 @@ class _Mapping:
         "did",
         "email",
         "event",
+        "extra_states",
         "identified",
         "notes",
         "personless",
@@ -267,6 +278,7 @@ class _Mapping:
         self.email: str | None = None
         self.state = self.prev
         self.too_large = False  # an operation could not be made to fit the 32 KB item limit
+        self.extra_states: dict[str, IdentityState] = {}  # other ids' states (a merge's alias)
 
     # -- step 1: learn ---------------------------------------------------------------------
 
@@ -312,6 +324,9 @@ class _Mapping:
             seen=True,
             sent_attribute_keys=keys,
             relationships=relationships,
+            exists=prev.exists,
+            merged_into=prev.merged_into,
+            merged_email=prev.merged_email,
         )
 
     def _learn_email(self) -> str | None:
@@ -362,8 +377,13 @@ class _Mapping:
         ops: list[Operation] = []
         if reason is None:
             reason = self._build(ops)
+        if not self.state.exists and any(
+            op.action in _CREATING_ACTIONS and op.endpoint is Endpoint.BATCH for op in ops
+        ):
+            self.state = dataclasses.replace(self.state, exists=True)
         changed = self.state is not self.prev and self.state != self.prev
         states = {self.did: self.state} if changed else {}
+        states.update(self.extra_states)
         if ops:
             if reason is not None:
                 self.notes.append(f"not sent: {reason}")
@@ -469,26 +489,55 @@ class _Mapping:
         body: dict[str, Any] = {
             "type": "person",
             "action": "add_relationships",
-            "identifiers": self._identifiers(self.did, self.email),
+            "identifiers": self._address(),
             "cio_relationships": [{"identifiers": ids} for ids in new.values()],
         }
         if json_size(body) > MAX_ITEM_BYTES:  # unreachable: a handful of 150-byte ids
             self.notes.append("add_relationships over the 32 KB item limit: not sent")
             return
         ops.append(self._op(Endpoint.BATCH, "add_relationships", body))
-        state = self.state
-        self.state = IdentityState(
-            identified=state.identified,
-            email=state.email,
-            seen=True,
-            sent_attribute_keys=state.sent_attribute_keys,
-            relationships=related | frozenset(new),
+        self.state = dataclasses.replace(
+            self.state, seen=True, relationships=related | frozenset(new)
         )
 
     def _identifiers(self, distinct_id: str, email: str | None) -> dict[str, str]:
         if self.rules.identify_by_email and email is not None:
             return {"email": email}
         return {"id": distinct_id}
+
+    def _address(
+        self, distinct_id: str | None = None, state: IdentityState | None = None
+    ) -> dict[str, str]:
+        """Whom the operations of ``distinct_id`` (this event's by default) address: the person
+        it was merged into, else its email (``identify_by_email``) or its id. Every operation of
+        a person (identify, events, relationships, merges) uses this, so all reach one profile.
+        """
+        if distinct_id is None or state is None:
+            distinct_id, state = self.did, self.state
+        if state.merged_into is not None:
+            if self.rules.identify_by_email and state.merged_email is not None:
+                return {"email": state.merged_email}
+            return {"id": state.merged_into}
+        return self._identifiers(distinct_id, state.email)
+
+    def _links(self) -> bool:
+        """Whether this event's email must first be given to the profile Customer.io knows by
+        ``{"id"}``, before the person is addressed by ``{"email"}`` (``identify_by_email``).
+
+        Customer.io documents that an identify addressed to an existing person that names a
+        new identifier in its attributes adds it to that person, and that changing an
+        identifier already set needs ``cio_id`` (an "Attribute Update Failure" otherwise). So
+        the link is sent once, when a person that exists by id gets its first email: not when
+        an email was sent before (that would be a change), nor for a merged-away id.
+        """
+        prev = self.prev
+        return (
+            self.rules.identify_by_email
+            and self.email is not None
+            and prev.exists
+            and "email" not in prev.sent_attribute_keys
+            and self.state.merged_into is None
+        )
 
     def _identify(self, ops: list[Operation]) -> None:
         event, state = self.event, self.state
@@ -499,6 +548,19 @@ class _Mapping:
         )
         if not (event.event == "$identify" or person_updates or send_email):
             return
+        linking = self._links()
+        if linking:
+            link = {
+                "type": "person",
+                "action": "identify",
+                "identifiers": {"id": self.did},
+                "attributes": {"email": self.email},
+            }
+            ops.append(self._op(Endpoint.BATCH, LINK_IDENTIFY, link))
+            self.notes.append(
+                f"{self.did!r} exists in Customer.io by id: its email is added to that profile"
+                " before it is addressed by email"
+            )
         attributes: dict[str, Any] = {}
         if send_email:
             attributes["email"] = self.email
@@ -533,13 +595,16 @@ class _Mapping:
                 else:
                     attributes[key] = ""
                     unset_keys.add(key)
-        identifiers = self._identifiers(self.did, self.email)
+        identifiers = self._address()
         self._clean_person_attributes(attributes, identifiers)
+        # The visitor's merge is in another partition, not ordered after the link: address it
+        # by the id, which names the same profile before and after the link.
+        merge_to = {"id": self.did} if linking else identifiers
         attributes = limit_attributes(attributes, self.counts)
         if not attributes and (event.event != "$identify" or merge_from is not None):
             # Nothing new for the person: every update was known or dropped (the merge below,
             # if any, creates the person).
-            self._merge_anonymous(ops, identifiers, merge_from)
+            self._merge_anonymous(ops, merge_to, merge_from)
             return
         body: dict[str, Any] = {"type": "person", "action": "identify", "identifiers": identifiers}
         if attributes:
@@ -548,21 +613,15 @@ class _Mapping:
         if fitted is None:
             self.notes.append("identify over the 32 KB item limit: not sent")
             self.too_large = True
-            self._merge_anonymous(ops, identifiers, merge_from)
+            self._merge_anonymous(ops, merge_to, merge_from)
             return
         sent = fitted.get("attributes", {})
         new_keys = (keys | {k for k in sent if k not in unset_keys}) - unset_keys
         new_keys = new_keys - {"anonymous_id"}
         if new_keys != keys:
-            self.state = IdentityState(
-                identified=state.identified,
-                email=state.email,
-                seen=True,
-                sent_attribute_keys=new_keys,
-                relationships=state.relationships,
-            )
+            self.state = dataclasses.replace(state, seen=True, sent_attribute_keys=new_keys)
         ops.append(self._op(Endpoint.BATCH, "identify", fitted))
-        self._merge_anonymous(ops, identifiers, merge_from)
+        self._merge_anonymous(ops, merge_to, merge_from)
 
     def _merge_anonymous(
         self, ops: list[Operation], identifiers: dict[str, str], anonymous_id: str | None
@@ -640,16 +699,95 @@ class _Mapping:
             self.notes.append(f"alias {alias!r} is an id PostHog refuses to merge on: no merge")
             return "illegal_distinct_id"
         other = self.states.get(alias, _NEVER_SEEN)
+        primary = self._address()
+        if not other.seen:
+            # A new id of this person (PostHog links it): nothing to merge, but its later
+            # events are this person's, so they must not make a profile of their own.
+            self.extra_states[alias] = IdentityState(
+                identified=True,
+                seen=True,
+                merged_into=self.state.merged_into or self.did,
+                merged_email=primary.get("email"),
+            )
+            self.notes.append(f"alias {alias!r} not seen before: its events go to this person")
+            self._addressed_by_id(primary)
+            return "alias_not_identified"
         if not other.identified:
             self.notes.append(f"alias {alias!r} is not an identified person here")
             return "alias_not_identified"
-        primary = self._identifiers(self.did, self.email)
-        secondary = self._identifiers(alias, other.email or valid_email(alias))
+        if other.merged_into is None and other.email is None and valid_email(alias):
+            other = dataclasses.replace(other, email=valid_email(alias))
+        secondary = self._address(alias, other)
         if primary == secondary:
             return "nothing_to_send"
-        body = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
-        ops.append(self._op(Endpoint.BATCH, "merge", body))
+        self.extra_states[alias] = IdentityState(
+            identified=other.identified,
+            email=other.email,
+            seen=True,
+            sent_attribute_keys=other.sent_attribute_keys,
+            relationships=other.relationships,
+            exists=other.exists,
+            merged_into=self.state.merged_into or self.did,
+            merged_email=primary.get("email"),
+        )
+        if not other.exists:
+            self.notes.append(
+                f"alias {alias!r} never reached Customer.io: nothing to merge; its later"
+                " operations go to this person"
+            )
+            self._addressed_by_id(primary)
+            return None
+        self._merge_operations(ops, alias, primary, secondary)
         return None
+
+    def _addressed_by_id(self, primary: Mapping[str, str]) -> None:
+        """The alias's operations will address this person by ``{"id"}``: count the profile as
+        existing by id, so an email learnt later is linked to it before the switch."""
+        if "id" in primary and self.state.merged_into is None and not self.state.exists:
+            self.state = dataclasses.replace(self.state, exists=True)
+
+    def _merge_operations(
+        self,
+        ops: list[Operation],
+        alias: str,
+        primary: dict[str, str],
+        secondary: dict[str, str],
+    ) -> None:
+        """An identify of the primary, then the merge, both in the alias's partition.
+
+        Customer.io ignores a merge whose primary does not exist yet ("If the primary profile
+        doesn't exist, your request won't do anything", Track API, "Merge duplicate people").
+        The primary's own operations are in its own partition, not ordered with this one, so
+        the identify (no attributes but the email of an ``identify_by_email`` primary: it
+        creates the person or changes nothing) goes here, and
+        in the alias's partition the merge also comes after every operation queued for the
+        alias before it, so nothing of the alias arrives after the merge to re-create it. A
+        merge is sent in a request of its own (``SOLO_ACTIONS``): Customer.io may process a
+        request's items in parallel.
+        """
+        self.notes.append(
+            f"the primary's identify and the merge are queued behind {alias!r}'s operations;"
+            " the merge goes in a request of its own"
+        )
+        create: dict[str, Any] = {"type": "person", "action": "identify", "identifiers": primary}
+        if "email" in primary and self.state.merged_into is None:
+            # By the id, naming the email: Customer.io then updates the profile that has
+            # either (the id's, its email not yet linked; or the email's, given the id) or
+            # creates one with both, and never a second profile for the email while the
+            # person's link (in its own partition) is still on its way.
+            create["identifiers"] = {"id": self.did}
+            create["attributes"] = {"email": primary["email"]}
+        merge = {"type": "person", "action": "merge", "primary": primary, "secondary": secondary}
+        for action, body in (("identify", create), (MERGE, merge)):
+            ops.append(
+                Operation(
+                    partition=alias,
+                    endpoint=Endpoint.BATCH,
+                    action=action,
+                    body=body,
+                    event_uuid=self.event.uuid,
+                )
+            )
 
     def _event(self, ops: list[Operation], *, anonymous: bool) -> None:
         event = self.event
@@ -669,9 +807,7 @@ class _Mapping:
         body: dict[str, Any] = {
             "type": "person",
             "action": kind,
-            "identifiers": {"anonymous_id": self.did}
-            if anonymous
-            else self._identifiers(self.did, self.email),
+            "identifiers": {"anonymous_id": self.did} if anonymous else self._address(),
             "name": name,
             "id": event_id,
             "timestamp": timestamp,

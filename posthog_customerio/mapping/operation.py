@@ -10,6 +10,17 @@ from typing import Any
 # Customer.io's v2 ``identify`` of ``type: object`` (a person's is plain ``identify``). Until
 # this name, the connector called it ``object_identify`` (a metric label value too).
 OBJECT_IDENTIFY = "object.identify"
+MERGE = "merge"
+# The identify that gives a person Customer.io knows by ``{"id"}`` the email it is addressed by
+# from then on (``identify_by_email``): a plain v2 identify, labelled apart so it can be sent
+# in a request of its own.
+LINK_IDENTIFY = "identify.link"
+# Operations that depend on Customer.io having processed the operations before them in their
+# partition (a merge needs its primary to exist and its secondary's history to have arrived),
+# or whose successors depend on them (after a link, the person is addressed by the linked
+# email). Customer.io may process one request's items in parallel, so such an operation is
+# sent in a request holding no other operation of its partition.
+SOLO_ACTIONS = frozenset({MERGE, LINK_IDENTIFY})
 
 
 class Endpoint(StrEnum):
@@ -49,7 +60,8 @@ class Operation:
     visitor's events and the identify that merges them = the visitor's distinct_id). ``action``
     is the envelope action (``identify``, ``event``, ``page``, ``screen``, ``merge``,
     ``add_relationships``, ``delete``, ``suppress``; ``object.identify`` for an object's
-    ``identify``), used for metrics and explain output. ``event_uuid`` is the PostHog uuid the
+    ``identify``, ``identify.link`` for a link), used for metrics, explain output and
+    ``SOLO_ACTIONS``. ``event_uuid`` is the PostHog uuid the
     operation came from, kept for the dead-letter view.
     """
 

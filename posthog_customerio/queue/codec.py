@@ -9,6 +9,11 @@ The stored keys keep the names of earlier versions: ``set_once_keys`` holds
 would leave every existing database with states this code reads as empty (and an older
 version, after a downgrade, with states it reads as empty): every attribute would be sent again
 as if new, ``$set_once`` values overwritten.
+
+``exists`` was added later: a state stored without it was written by a version that sent every
+identified person's events, so its default is ``identified``, and it is written only when it
+differs from that. ``merged_into``/``merged_email`` are written only when set. So a state
+without them stores exactly the bytes it stored before they existed.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from posthog_customerio.mapping.identity import IdentityState
 def encode_state(state: IdentityState) -> bytes:
     """JSON bytes with sorted sets, so equal states store identical bytes.
 
-    ``related`` is written only when not empty: a state without relationships stores exactly
-    the bytes it stored before relationships existed.
+    ``related``, ``exists`` and the merge keys are written only when they carry something
+    (see the module docstring), so older states keep their bytes.
     """
     data: dict[str, Any] = {
         "identified": state.identified,
@@ -34,16 +39,29 @@ def encode_state(state: IdentityState) -> bytes:
     }
     if state.relationships:
         data["related"] = sorted(state.relationships)
+    if state.exists != state.identified:
+        data["exists"] = state.exists
+    if state.merged_into is not None:
+        data["merged_into"] = state.merged_into
+        if state.merged_email is not None:
+            data["merged_email"] = state.merged_email
     return orjson.dumps(data)
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def decode_state(raw: bytes | str) -> IdentityState:
     data: dict[str, Any] = orjson.loads(raw)
-    email = data.get("email")
+    identified = bool(data.get("identified", False))
     return IdentityState(
-        identified=bool(data.get("identified", False)),
-        email=email if isinstance(email, str) else None,
+        identified=identified,
+        email=_str_or_none(data.get("email")),
         seen=bool(data.get("seen", False)),
         sent_attribute_keys=frozenset(str(k) for k in data.get("set_once_keys", ())),
         relationships=frozenset(str(k) for k in data.get("related", ())),
+        exists=bool(data.get("exists", identified)),
+        merged_into=_str_or_none(data.get("merged_into")),
+        merged_email=_str_or_none(data.get("merged_email")),
     )

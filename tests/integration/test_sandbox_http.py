@@ -124,11 +124,25 @@ def test_invalid_and_poison_items_are_207_with_exact_indexes(client: httpx.Clien
     assert people == {"u1": 1}  # the valid items were applied, the others not
 
 
-def test_merge_with_unknown_primary_is_a_per_item_error(client: httpx.Client) -> None:
+def test_merge_with_unknown_primary_does_nothing(client: httpx.Client) -> None:
+    """Customer.io: "If the primary profile doesn't exist, your request won't do anything"."""
     merge = {"type": "person", "action": "merge", "primary": {"id": "a"}, "secondary": {"id": "b"}}
     r = client.post("/api/v2/batch", json={"batch": [identify("b"), merge]})
-    assert r.status_code == 207
-    assert r.json()["errors"][0]["batch_index"] == 1
+    assert r.status_code == 200
+    assert [p["id"] for p in client.get("/_sandbox/people").json()] == ["b"]
+    stats = client.get("/_sandbox/stats").json()
+    assert (stats["merges"], stats["merges_ignored"]) == (0, 1)
+
+
+def test_identifier_change_is_an_attribute_update_failure(client: httpx.Client) -> None:
+    """200, as Customer.io answers; the failure is in the activity log (``/_sandbox/failures``)."""
+    first = {**identify("u1"), "attributes": {"email": "a@x.io"}}
+    change = {**identify("u1"), "attributes": {"email": "b@x.io", "plan": "pro"}}
+    assert client.post("/api/v2/batch", json={"batch": [first, change]}).status_code == 200
+    person = client.get("/_sandbox/people/u1").json()
+    assert (person["email"], person["attributes"]["plan"]) == ("a@x.io", "pro")
+    failures = client.get("/_sandbox/failures").json()
+    assert [f["reason"] for f in failures] == ["attribute_update_failure"]
 
 
 @pytest.mark.parametrize(
@@ -281,8 +295,8 @@ def test_v1_calls(client: httpx.Client) -> None:
     assert client.post("/api/v1/merge_customers", json=merge).status_code == 200
     assert client.get("/_sandbox/people/ab@x.io").json()["attributes"]["plan"] == "pro"
     missing = client.post("/api/v1/merge_customers", json={**merge, "primary": {"id": "zz"}})
-    assert missing.status_code == 400
-    assert "error" in missing.json()["meta"]
+    assert missing.status_code == 200  # a merge into nobody does nothing
+    assert client.get("/_sandbox/people/zz").status_code == 404
 
     assert client.post("/api/v1/customers/a%2Fb/suppress").status_code == 200
     assert client.get("/_sandbox/people").json() == []

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from posthog_customerio.customerio.sandbox.workspace import Workspace
 from posthog_customerio.mapping.explain import Explanation, explain
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.ids import is_illegal_id
@@ -283,3 +284,82 @@ def test_the_illegal_id_list_is_posthogs() -> None:
 def test_rules_from_a_toml_are_the_settings_loaders() -> None:
     rules = case_rules("04-identify-by-email-splits-profile")
     assert rules == dataclasses.replace(MappingRules(), identify_by_email=True)
+
+
+# -- one PostHog person, one Customer.io profile ---------------------------------------------
+
+
+@st.composite
+def journeys(draw: st.DrawFn) -> list[PostHogEvent]:
+    """Events of a few people, interleaved. Person ``n`` has a main id ``user_n`` (a server or
+    a signed-in browser), maybe an older identified id ``legacy_n`` that the main id aliases
+    (``$create_alias``, before or after either id's events), maybe a browser visitor ``anon-n``
+    merged by an ``$identify`` with ``$anon_distinct_id``, maybe an email learnt on the way.
+    Every event name says whose it is, so each profile's events tell which people it holds."""
+    steps: list[list[tuple[str, int]]] = []
+    for n in range(draw(st.integers(1, 3))):
+        kinds = ["event", "event", "set_email"]
+        if draw(st.booleans()):
+            kinds += ["legacy_event", "legacy_event", "alias"]
+        if draw(st.booleans()):
+            kinds += ["visit", "identify_visitor", "visit"]
+        order = draw(st.permutations(kinds))
+        steps.append([(kind, n) for kind in order])
+    merged: list[tuple[str, int]] = []
+    while any(steps):
+        queue = draw(st.sampled_from([s for s in steps if s]))
+        merged.append(queue.pop(0))
+    events: list[PostHogEvent] = []
+    for i, (kind, n) in enumerate(merged):
+        props: dict[str, Any] = {}
+        set_: dict[str, Any] = {}
+        did, name = f"user_{n}", f"p{n}_{kind}"
+        if kind == "legacy_event":
+            did = f"legacy_{n}"
+        elif kind == "set_email":
+            name, set_ = "$set", {"email": f"person{n}@example.org"}
+        elif kind == "alias":
+            name, props = "$create_alias", {"alias": f"legacy_{n}"}
+        elif kind == "visit":
+            did = f"anon-{n}"
+            props = {"$is_identified": False, "$device_id": did}
+        elif kind == "identify_visitor":
+            name, props = "$identify", {"$anon_distinct_id": f"anon-{n}"}
+        events.append(
+            PostHogEvent(
+                uuid=f"0192480a-70d5-726b-b2a7-{i:012d}",
+                event=name,
+                distinct_id=did,
+                timestamp_ms=1_727_786_216_789 + i,
+                properties=props,
+                set=set_,
+            )
+        )
+    return events
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(journeys(), st.booleans())
+def test_each_person_ends_as_exactly_one_profile(
+    events: list[PostHogEvent], identify_by_email: bool
+) -> None:
+    """The mapper's operations applied in order to the sandbox's model of Customer.io: every
+    person with something sent is one profile, holding all its events and nobody else's."""
+    workspace = Workspace(clock=lambda: 1_800_000_000)
+    for result in explain(events, MappingRules(identify_by_email=identify_by_email)):
+        for op in result.operations:
+            assert op.endpoint is not Endpoint.ANONYMOUS  # these events all fit a batch item
+            workspace.apply_item(op.body)
+    owners: dict[int, set[str]] = {}
+    for person in workspace.people.values():
+        names = {e.name.split("_", 1)[0] for e in person.events}
+        assert len(names) <= 1, (person.summary(), names)  # nobody else's events
+        for name in names:
+            owners.setdefault(int(name[1:]), set()).add(person.cio_id)
+    sent_people = {int(e.event[1 : e.event.index("_")]) for e in events if e.event[0] == "p"}
+    assert all(len(profiles) == 1 for profiles in owners.values()), owners
+    assert len(workspace.people) == len(sent_people), [
+        p.summary() for p in workspace.people.values()
+    ]
+    assert workspace.failures == type(workspace.failures)(), list(workspace.failures)
+    assert workspace.stats()["merges_ignored"] == 0

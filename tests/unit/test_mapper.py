@@ -41,9 +41,14 @@ IDENTIFIED_ONLY = MappingRules(anonymous_users=AnonymousUsers.IDENTIFIED_ONLY)
 WITH_EMAIL_ONLY = MappingRules(anonymous_users=AnonymousUsers.WITH_EMAIL_ONLY)
 BY_EMAIL = MappingRules(identify_by_email=True)
 
-KNOWN = IdentityState(identified=True, seen=True)
+# A person whose operations were sent before: Customer.io has a profile for it.
+KNOWN = IdentityState(identified=True, seen=True, exists=True)
 KNOWN_WITH_EMAIL = IdentityState(
-    identified=True, email="jane@example.com", seen=True, sent_attribute_keys=frozenset({"email"})
+    identified=True,
+    email="jane@example.com",
+    seen=True,
+    sent_attribute_keys=frozenset({"email"}),
+    exists=True,
 )
 ANON_WITH_EMAIL = IdentityState(email="jane@example.com", seen=True)
 
@@ -96,6 +101,7 @@ def _local_validator(name: str) -> Draft202012Validator:
 
 _V2_SCHEMAS = {
     "identify": "identify_person",
+    "identify.link": "identify_person",
     "event": "person_event",
     "page": "person_page",
     "screen": "person_screen",
@@ -152,14 +158,25 @@ def merged_visitor(op: Operation) -> str | None:
     return None
 
 
+def merge_partition(ops: Sequence[Operation]) -> str | None:
+    """The alias's partition, where a merge and the identify of its primary are queued."""
+    merges = [op for op in ops if op.action == "merge"]
+    return merges[0].partition if merges else None
+
+
 def assert_sendable(ops: Sequence[Operation], event: PostHogEvent) -> None:
-    for op in ops:
+    merging = merge_partition(ops)
+    for index, op in enumerate(ops):
         assert spec_problems(op) == [], op
         if op.body.get("type") == "object":  # ordered per object, not per person
             ids = op.body["identifiers"]
             assert op.partition == f"object:{ids['object_type_id']}:{ids['object_id']}"
         elif merged_visitor(op) is not None:  # behind the visitor's anonymous events
             assert op.partition == merged_visitor(op) == event.properties["$anon_distinct_id"]
+        elif merging is not None and op.partition == merging:
+            # behind the alias's own operations: the primary's identify, then the merge
+            assert op.partition == event.properties["alias"] != event.distinct_id
+            assert op.action == "merge" or ops[index + 1].action == "merge"
         else:
             assert op.partition == event.distinct_id
         assert op.event_uuid == event.uuid
@@ -393,7 +410,7 @@ CASES = [
             ev(identified=None, props={"$lib": "posthog-python"}),
             IDENTIFIED_ONLY,
             ops=["event"],
-            state=IdentityState(identified=True, seen=True),
+            state=IdentityState(exists=True, identified=True, seen=True),
         ),
         id="server_side_event_is_identified_person",
     ),
@@ -402,7 +419,7 @@ CASES = [
             ev("$identify", identified=False),
             IDENTIFIED_ONLY,
             ops=["identify"],
-            state=IdentityState(identified=True, seen=True),
+            state=IdentityState(exists=True, identified=True, seen=True),
         ),
         id="identify_event_identifies",
     ),
@@ -460,6 +477,7 @@ CASES = [
             ops=["identify", "event"],
             check=_is({"email": "person@example.com"}, attrs),
             state=IdentityState(
+                exists=True,
                 identified=True,
                 email="person@example.com",
                 seen=True,
@@ -493,7 +511,7 @@ CASES = [
             ops=["identify"],
             check=_is({"plan": "x"}, attrs),
             state=IdentityState(
-                identified=True, seen=True, sent_attribute_keys=frozenset({"plan"})
+                exists=True, identified=True, seen=True, sent_attribute_keys=frozenset({"plan"})
             ),
         ),
         id="email_invalid_is_never_sent",
@@ -594,7 +612,10 @@ CASES = [
             ops=["identify", "event"],
             check=_is({"first_seen": "2024"}, attrs),
             state=IdentityState(
-                identified=True, seen=True, sent_attribute_keys=frozenset({"first_seen"})
+                exists=True,
+                identified=True,
+                seen=True,
+                sent_attribute_keys=frozenset({"first_seen"}),
             ),
         ),
         id="set_once_sent_the_first_time",
@@ -629,7 +650,9 @@ CASES = [
             },
             ops=["identify", "event"],
             check=_is({"plan": ""}, attrs),
-            state=IdentityState(identified=True, seen=True, sent_attribute_keys=frozenset({"x"})),
+            state=IdentityState(
+                exists=True, identified=True, seen=True, sent_attribute_keys=frozenset({"x"})
+            ),
         ),
         id="unset_sends_empty_string_and_forgets_the_key",
     ),
@@ -726,6 +749,7 @@ CASES = [
             ],
             check=_is(["user_42", DEVICE], lambda o: [op.partition for op in o.operations]),
             state=IdentityState(
+                exists=True,
                 identified=True,
                 email="jane@example.com",
                 seen=True,
@@ -755,15 +779,17 @@ CASES = [
         Case(
             ev("$create_alias", props={"alias": "legacy-9001"}),
             states={"legacy-9001": KNOWN},
-            ops=["merge"],
+            ops=["identify", "merge"],
             bodies=[
+                {"type": "person", "action": "identify", "identifiers": {"id": "user_42"}},
                 {
                     "type": "person",
                     "action": "merge",
                     "primary": {"id": "user_42"},
                     "secondary": {"id": "legacy-9001"},
-                }
+                },
             ],
+            check=_is(["legacy-9001"] * 2, lambda o: [op.partition for op in o.operations]),
         ),
         id="alias_both_identified_merges",
     ),
@@ -771,7 +797,7 @@ CASES = [
         Case(
             ev("$merge_dangerously", props={"alias": "legacy-9001"}),
             states={"legacy-9001": KNOWN},
-            ops=["merge"],
+            ops=["identify", "merge"],
         ),
         id="merge_dangerously_merges",
     ),
@@ -799,11 +825,15 @@ CASES = [
                 person={"email": "jane@example.com"},
             ),
             BY_EMAIL,
-            states={"legacy-9001": IdentityState(identified=True, email="old@example.com")},
-            ops=["identify", "merge"],
+            states={
+                "legacy-9001": IdentityState(
+                    identified=True, email="old@example.com", seen=True, exists=True
+                )
+            },
+            ops=["identify", "identify", "merge"],
             check=_is(
                 ({"email": "jane@example.com"}, {"email": "old@example.com"}),
-                lambda o: (body(o, 1)["primary"], body(o, 1)["secondary"]),
+                lambda o: (body(o, 2)["primary"], body(o, 2)["secondary"]),
             ),
         ),
         id="alias_identify_by_email_merges_by_email",
@@ -920,7 +950,9 @@ CASES = [
                 },
                 lambda o: body(o, 1),
             ),
-            state=IdentityState(identified=True, seen=True, relationships=frozenset({"1:acme"})),
+            state=IdentityState(
+                exists=True, identified=True, seen=True, relationships=frozenset({"1:acme"})
+            ),
         ),
         id="event_with_groups_relates_the_person_once",
     ),
@@ -940,7 +972,10 @@ CASES = [
             states={"user_42": IdentityState(identified=True, seen=True, relationships=RELATED)},
             ops=["event", "add_relationships"],
             state=IdentityState(
-                identified=True, seen=True, relationships=frozenset({"1:acme", "1:globex"})
+                exists=True,
+                identified=True,
+                seen=True,
+                relationships=frozenset({"1:acme", "1:globex"}),
             ),
         ),
         id="event_with_a_new_group_relates_that_one",
@@ -1210,6 +1245,7 @@ CASES = [
             ops=["identify"],
             check=_is({"email": "rosa@example.org", "plan": "starter"}, attrs),
             state=IdentityState(
+                exists=True,
                 identified=True,
                 email="rosa@example.org",
                 seen=True,
@@ -1260,12 +1296,159 @@ CASES = [
             BY_EMAIL,
             states={
                 "user_42": KNOWN_WITH_EMAIL,
-                "old@example.org": IdentityState(identified=True, seen=True),
+                "old@example.org": IdentityState(identified=True, seen=True, exists=True),
             },
-            ops=["merge"],
-            check=_is({"email": "old@example.org"}, lambda o: body(o)["secondary"]),
+            ops=["identify", "merge"],
+            check=_is({"email": "old@example.org"}, lambda o: body(o, 1)["secondary"]),
         ),
         id="alias_email_shaped_id_merges_by_that_email",
+    ),
+    # rule 3, second half: identify_by_email links the id profile before switching
+    pytest.param(
+        Case(
+            ev("$identify", set={"email": "li@example.org", "name": "Li"}),
+            BY_EMAIL,
+            states={"user_42": KNOWN},
+            ops=["identify.link", "identify"],
+            bodies=[
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"id": "user_42"},
+                    "attributes": {"email": "li@example.org"},
+                },
+                {
+                    "type": "person",
+                    "action": "identify",
+                    "identifiers": {"email": "li@example.org"},
+                    "attributes": {"email": "li@example.org", "name": "Li"},
+                },
+            ],
+            check=_has_note("exists in Customer.io by id"),
+        ),
+        id="identify_by_email_links_the_id_profile_before_switching",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", set={"email": "li@example.org"}),
+            BY_EMAIL,
+            states={"user_42": IdentityState(identified=True, seen=True)},
+            ops=["identify"],
+        ),
+        id="identify_by_email_no_link_when_nothing_was_sent_by_id",
+    ),
+    pytest.param(
+        Case(
+            ev("$identify", set={"email": "new@example.org"}),
+            BY_EMAIL,
+            states={"user_42": KNOWN_WITH_EMAIL},
+            ops=["identify"],
+            check=_is({"email": "new@example.org"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="identify_by_email_no_link_when_the_email_changes",
+    ),
+    pytest.param(
+        Case(
+            ev(
+                "$identify",
+                set={"email": "li@example.org"},
+                props={"$anon_distinct_id": DEVICE},
+            ),
+            BY_EMAIL,
+            states={"user_42": KNOWN},
+            ops=["identify.link", "identify", "identify"],
+            check=_is({"id": "user_42"}, lambda o: body(o, 2)["identifiers"]),
+        ),
+        id="identify_by_email_link_addresses_the_visitor_merge_by_id",
+    ),
+    pytest.param(
+        Case(
+            ev(props={"$groups": {"company": "acme"}}, person={"email": "li@example.org"}),
+            dataclasses.replace(GROUPS, identify_by_email=True),
+            states={"user_42": KNOWN},
+            ops=["identify.link", "identify", "event", "add_relationships"],
+            check=_is(
+                [{"id": "user_42"}] + [{"email": "li@example.org"}] * 3,
+                lambda o: [op.body["identifiers"] for op in o.operations],
+            ),
+        ),
+        id="identify_by_email_event_relationship_after_the_link_use_the_email",
+    ),
+    # rule 4: merges that work
+    pytest.param(
+        Case(
+            ev("$create_alias", "acct_5521", identified=None, props={"alias": "legacy-9001"}),
+            states={"legacy-9001": KNOWN},
+            ops=["identify", "merge"],
+            check=lambda o: (
+                _is(
+                    ["legacy-9001", "legacy-9001"], lambda o: [op.partition for op in o.operations]
+                )(o),
+                _is({"id": "acct_5521"}, lambda o: body(o)["identifiers"])(o),
+                _is("acct_5521", lambda o: o.states["legacy-9001"].merged_into)(o),
+                _is(True, lambda o: o.states["acct_5521"].exists)(o),
+            ),
+        ),
+        id="merge_creates_the_primary_first_in_the_alias_partition",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "legacy-9001"}),
+            states={"legacy-9001": IdentityState(identified=True, seen=True)},
+            ops=[],
+            dropped="nothing_to_send",
+            check=lambda o: (
+                _is("user_42", lambda o: o.states["legacy-9001"].merged_into)(o),
+                _has_note("never reached Customer.io")(o),
+            ),
+        ),
+        id="alias_never_sent_needs_no_merge_but_is_redirected",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "legacy-9001", set={"tier": "gold"}),
+            states={"legacy-9001": dataclasses.replace(KNOWN, merged_into="acct_5521")},
+            ops=["identify", "event"],
+            check=_is(
+                [{"id": "acct_5521"}] * 2,
+                lambda o: [op.body["identifiers"] for op in o.operations],
+            ),
+        ),
+        id="merged_away_id_events_and_attributes_go_to_the_primary",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "legacy-9001"),
+            BY_EMAIL,
+            states={
+                "legacy-9001": dataclasses.replace(
+                    KNOWN, merged_into="acct_5521", merged_email="acct@example.org"
+                )
+            },
+            ops=["event"],
+            check=_is({"email": "acct@example.org"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="merged_away_id_with_identify_by_email_goes_to_the_primary_email",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "legacy-9001"}),
+            states={"legacy-9001": dataclasses.replace(KNOWN, merged_into="user_42")},
+            dropped="nothing_to_send",
+        ),
+        id="alias_already_merged_into_this_person_sends_nothing",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "legacy-9001"}),
+            BY_EMAIL,
+            dropped="alias_not_identified",
+            check=lambda o: (
+                _is("user_42", lambda o: o.states["legacy-9001"].merged_into)(o),
+                _is(True, lambda o: o.states["user_42"].exists)(o),
+            ),
+        ),
+        id="alias_never_seen_is_redirected_and_the_primary_kept_reachable_by_id",
     ),
     # rule 5: cookieless visitors
     pytest.param(
@@ -1653,5 +1836,6 @@ def test_identity_state_codec_reads_states_written_by_earlier_versions() -> None
         seen=True,
         sent_attribute_keys=frozenset({"email", "plan"}),
         relationships=frozenset({"1:acme"}),
+        exists=True,  # written before ``exists``: an identified person's events were sent
     )
     assert encode_state(state) == old

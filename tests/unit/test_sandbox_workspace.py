@@ -131,6 +131,44 @@ CASES = [
         id="email-owned-by-another-person-is-an-update-failure",
     ),
     pytest.param(
+        [person(U1, attributes={"plan": "pro"}), person(U1, attributes={"email": "a@x.io"})],
+        {"a@x.io": {"id": "u1", "attributes": {"plan": "pro", "email": "a@x.io"}}},
+        {"people": 1, "failures": 0},
+        id="identify-by-id-adds-a-first-email-to-that-profile",
+    ),
+    pytest.param(
+        [
+            person({"email": "a@x.io"}, attributes={"plan": "pro"}),
+            person({"email": "a@x.io"}, attributes={"id": "u1"}),
+        ],
+        {"u1": {"email": "a@x.io", "attributes": {"plan": "pro", "email": "a@x.io"}}},
+        {"people": 1, "failures": 0},
+        id="identify-by-email-with-an-id-attribute-attaches-the-id",
+    ),
+    pytest.param(
+        [
+            person(U1, attributes={"email": "a@x.io"}),
+            person(U1, attributes={"email": "b@x.io", "plan": "pro"}),
+            person({"email": "a@x.io"}, attributes={"id": "u9"}),
+        ],
+        {
+            "u1": {"email": "a@x.io", "attributes": {"email": "a@x.io", "plan": "pro"}},
+            "b@x.io": None,
+            "u9": None,
+        },
+        {"people": 1, "failures": 2},
+        id="identifier-change-without-cio-id-is-an-update-failure",
+    ),
+    pytest.param(
+        [
+            person(U1, attributes={"email": "a@x.io"}),
+            person(U1, attributes={"email": "A@X.io"}),
+        ],
+        {"a@x.io": {"id": "u1", "email": "A@X.io"}},
+        {"people": 1, "failures": 0},
+        id="same-email-in-other-capitals-is-no-change",
+    ),
+    pytest.param(
         [
             anon("anon-1", "viewed"),
             anon("anon-1", "clicked"),
@@ -421,11 +459,6 @@ def test_workspace_behaviour(
 @pytest.mark.parametrize(
     ("ops", "field"),
     [
-        pytest.param(
-            [{"type": "person", "action": "merge", "primary": U1, "secondary": U2}],
-            "primary",
-            id="merge-primary-must-exist",
-        ),
         pytest.param([person({"cio_id": "ffff"})], "identifiers.cio_id", id="unknown-cio-id"),
         pytest.param([anon("", "x")], "anonymous_id", id="anonymous-event-needs-anonymous-id"),
         pytest.param(
@@ -448,12 +481,18 @@ def test_operations_that_cannot_apply_raise(ops: list[Any], field: str) -> None:
     assert caught.value.field == field
 
 
-def test_failed_merge_changes_nothing() -> None:
+def test_merge_into_a_person_that_does_not_exist_does_nothing() -> None:
+    """ "If the primary profile doesn't exist, your request won't do anything" (Customer.io's
+    "Merge duplicate people"): no error, no person created, the secondary left as it was."""
     ws = run([person(U2, attributes={"a": 1})])
-    with pytest.raises(WorkspaceError):
-        ws.merge(U1, U2)
-    assert view(ws, "u2") is not None
+    ws.merge(U1, U2)
+    ws.apply_item({"type": "person", "action": "merge", "primary": U1, "secondary": U2})
+    assert view(ws, "u1") is None
+    secondary = view(ws, "u2")
+    assert secondary is not None and secondary["attributes"] == {"a": 1}
     assert ws.stats()["people"] == 1
+    assert ws.stats()["merges"] == 0
+    assert ws.stats()["merges_ignored"] == 2
 
 
 @pytest.mark.parametrize(
@@ -474,6 +513,16 @@ def test_cio_id_finds_and_inspection_by_cio_id() -> None:
     assert found is not None
     assert ws.find({"cio_id": found.cio_id}) is found
     assert ws.person_by_id_or_email(f"cio_{found.cio_id}") is found
+
+
+def test_identifiers_change_when_addressed_by_cio_id() -> None:
+    ws = run([person(U1, attributes={"email": "a@x.io"})])
+    found = ws.person_by_id_or_email("u1")
+    assert found is not None
+    ws.apply_item(person({"cio_id": found.cio_id}, attributes={"id": "u2", "email": "b@x.io"}))
+    assert (found.id, found.email) == ("u2", "b@x.io")
+    assert ws.person_by_id_or_email("a@x.io") is None
+    assert ws.stats()["failures"] == 0
 
 
 def test_reset_forgets_everything() -> None:

@@ -14,7 +14,7 @@ failure (``fail_rate`` → ``fail_status``). ``POST /_sandbox/faults`` changes t
 
 Control and inspection live under ``/_sandbox/`` (no auth; it is a local test tool):
 ``faults``, ``reset``, ``people``, ``people/{id_or_email}``, ``anonymous_events``,
-``objects``, ``requests?since=N&limit=M``, ``stats``.
+``objects``, ``requests?since=N&limit=M``, ``stats``, ``failures``.
 """
 
 from __future__ import annotations
@@ -443,10 +443,7 @@ class _Sandbox:
         problems = self.validator.check_request("merge", data)
         if problems:
             raise _Reply(400, {"meta": {"error": _describe(problems)}})
-        try:
-            self.workspace.v1_merge(data)
-        except WorkspaceError as exc:
-            raise _Reply(400, {"meta": {"error": exc.message}}) from exc
+        self.workspace.v1_merge(data)  # an unknown primary: nothing happens, 200 as Customer.io
         return None
 
     async def region(self, request: Request, body: bytes) -> object:
@@ -543,6 +540,11 @@ class _Sandbox:
             return _json(_v2_error("since", "since and limit must be integers"), 400)
         return _json(self.log.since(since, limit))
 
+    async def failures(self, request: Request) -> Response:
+        """What Customer.io's activity log would show after answering 200: attribute update
+        failures (an identifier owned by another person, or changed without ``cio_id``)."""
+        return _json(list(self.workspace.failures))
+
     async def stats(self, request: Request) -> Response:
         return _json(
             {
@@ -579,6 +581,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/_sandbox/objects", sandbox.objects, methods=["GET"]),
         Route("/_sandbox/requests", sandbox.requests, methods=["GET"]),
         Route("/_sandbox/stats", sandbox.stats, methods=["GET"]),
+        Route("/_sandbox/failures", sandbox.failures, methods=["GET"]),
     ]
     app = Starlette(routes=routes)
     app.state.sandbox = sandbox

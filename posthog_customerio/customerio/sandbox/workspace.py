@@ -5,6 +5,20 @@ result rather than on the requests (TRACK-API.md, "Semantics"):
 
 - people are found by ``id``, ``email`` (case-insensitive), ``phone`` or ``cio_id``; an
   identify or an event for an unknown person creates it (``_update: true`` never creates);
+- identifiers in an identify's attributes ("Add or update a customer", Track API,
+  https://docs.customer.io/integrations/api/track/tag/track-customers/identify/): one the
+  person lacks is added to it (so an identify by ``email`` with an ``id`` attribute attaches
+  the id to that profile, and one by ``id`` with an ``email`` attribute the email); one that
+  names a person unknown by the request's identifier updates the person it names and gives it
+  that identifier; one that belongs to another person, or that changes an identifier the
+  person already has while not addressed by ``cio_id`` ("If you want to update a person's
+  identifiers after they are set, you must reference them using their cio_id"), is an
+  "Attribute Update Failure": answered ``200``, recorded in ``failures`` (Customer.io's
+  activity log), the identifier unchanged, the other attributes applied;
+- a v1 path identifier is read by its shape: ``cio_…`` is a ``cio_id``, an email address an
+  ``email``, anything else (a phone number too) an ``id`` ("Track a customer event", Track
+  API: "You may identify a person by id, email address, or the cio_id ... a phone number in
+  the path is treated as an id");
 - an attribute sent as ``""`` or ``null`` is removed; an identify older than the profile's
   last timestamped update is ignored (observed Customer.io behaviour);
 - an anonymous event (v1 ``POST /api/v1/events``, or a v2 person event/page/screen whose
@@ -13,12 +27,15 @@ result rather than on the requests (TRACK-API.md, "Semantics"):
   and later anonymous events with it go straight to the person;
 - an event ``id`` seen before is ignored and counted;
 - merge copies the secondary's attributes the primary lacks, moves its events, devices,
-  relationships and anonymous ids, then deletes it; the primary must exist;
+  relationships and anonymous ids, then deletes it. A merge whose primary does not exist does
+  nothing ("If the primary profile doesn't exist, your request won't do anything", "Merge
+  duplicate people", https://docs.customer.io/integrations/api/track/tag/track-customers/merge/),
+  counted in ``merges_ignored``;
 - suppress deletes the person and blocks its identifiers until unsuppressed;
 - objects, and relationships between people and objects.
 
 Input is assumed valid against the official schema (the app validates first); what the
-spec cannot express (a missing merge primary, an unknown ``cio_id``) raises
+spec cannot express (an unknown ``cio_id``, an unknown object) raises
 ``WorkspaceError``. Nothing here does I/O or awaits, so each call is atomic on the one
 asyncio loop that serves the sandbox; there are no locks.
 """
@@ -171,6 +188,7 @@ class Workspace:
         self.stale_updates_ignored = 0
         self.suppressed_ignored = 0
         self.merges = 0
+        self.merges_ignored = 0
 
     # -- lookup ----------------------------------------------------------------------
 
@@ -290,7 +308,10 @@ class Workspace:
             if key in _CONTROL_ATTRIBUTES:
                 continue
             if key in _IDENTIFIER_KINDS:
-                self._set_identifier(person, key, None if value in ("", None) else str(value))
+                new = None if value in ("", None) else str(value)
+                if self._changes_identifier(person, key, new, identifiers):
+                    continue
+                self._set_identifier(person, key, new)
             else:
                 plain[key] = value
         _apply_attributes(person.attributes, plain)
@@ -303,6 +324,23 @@ class Workspace:
                 person.cio_id, target, _as_dict(relationship.get("relationship_attributes"))
             )
         return person
+
+    def _changes_identifier(
+        self, person: Person, kind: str, value: str | None, identifiers: Mapping[str, Any]
+    ) -> bool:
+        """Whether ``value`` would change an identifier ``person`` already has while not
+        addressed by ``cio_id``: an "Attribute Update Failure", recorded."""
+        current = getattr(person, kind)
+        if current is None or "cio_id" in identifiers:
+            return False
+        if value is not None and self._norm(kind, value) == self._norm(kind, current):
+            return False
+        self._fail(
+            "attribute_update_failure",
+            f"{kind} {current!r} cannot become {value!r}: changing an identifier needs cio_id",
+            cio_id=person.cio_id,
+        )
+        return True
 
     def _adopt(
         self, identifiers: Mapping[str, Any], attributes: Mapping[str, Any]
@@ -410,10 +448,11 @@ class Workspace:
         )
 
     def merge(self, primary: Mapping[str, Any], secondary: Mapping[str, Any]) -> None:
-        """Fold ``secondary`` into ``primary`` (which must exist), then delete it."""
+        """Fold ``secondary`` into ``primary``, then delete it; nothing if there is no primary."""
         keep = self.find(primary)
         if keep is None:
-            raise WorkspaceError("primary", "the primary person does not exist", "not_found")
+            self.merges_ignored += 1
+            return
         gone = self.find(secondary)
         if gone is None or gone is keep:
             return
@@ -771,6 +810,7 @@ class Workspace:
             "suppressed_identifiers": len(self.suppressed),
             "deleted_people": len(self.deleted),
             "merges": self.merges,
+            "merges_ignored": self.merges_ignored,
             "stale_updates_ignored": self.stale_updates_ignored,
             "suppressed_ignored": self.suppressed_ignored,
             "failures": len(self.failures),
