@@ -141,6 +141,23 @@ class Metrics:
             registry=r,
         )
 
+        # The reverse path: Customer.io's reporting webhooks (requests to PostHog's capture
+        # API are in requests_total{endpoint="capture"} and request_duration_seconds).
+        self.reporting_received = Counter(
+            "reporting_received",
+            "Correctly signed Customer.io reporting webhooks, by object_type and metric.",
+            ["object_type", "metric"],
+            namespace=NS,
+            registry=r,
+        )
+        self.reporting_rejected = Counter(
+            "reporting_rejected",
+            "Customer.io reporting webhooks refused (401) for their signature, by reason.",
+            ["reason"],
+            namespace=NS,
+            registry=r,
+        )
+
     def count(self, counter: Counter, label: str, amount: float = 1) -> None:
         """``counter.labels(label).inc(amount)`` with the child cached: ``labels()`` costs
         about as much as the rest of the increment, and the webhook path counts per request."""

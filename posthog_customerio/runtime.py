@@ -25,6 +25,8 @@ from posthog_customerio.delivery.worker import DeliveryWorker
 from posthog_customerio.errors import ConfigError
 from posthog_customerio.mapping.mapper import EventMapper
 from posthog_customerio.metrics import Metrics
+from posthog_customerio.pipeline.reporting import ReportingState
+from posthog_customerio.posthog.capture import CaptureClient
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane, Queue, QueueStats
 from posthog_customerio.queue.location import StoreLocation, redact_url
 from posthog_customerio.settings import (
@@ -80,6 +82,17 @@ def delivery_target(settings: Settings, own_url: str) -> Target:
     )
 
 
+def capture_client(settings: Settings) -> CaptureClient | None:
+    """PostHog's capture API for the reverse path, when configured."""
+    if settings.posthog_capture_url is None or settings.posthog_project_api_key is None:
+        return None
+    return CaptureClient(
+        settings.posthog_capture_url,
+        settings.posthog_project_api_key.get_secret_value(),
+        timeout_secs=settings.delivery.request_timeout_secs,
+    )
+
+
 class Connector:
     """The running service: ingest into the queue, deliver from it."""
 
@@ -109,6 +122,8 @@ class Connector:
         self._follow: asyncio.Task[None] | None = None
         self._maintenance: asyncio.Task[None] | None = None
         self.follow_state: FollowState | None = None  # serve --follow-posthog, for status
+        self.reporting = ReportingState()  # Customer.io's reporting webhooks, for status
+        self._capture: CaptureClient | None = None  # PostHog's capture API (reverse path)
 
     @property
     def queue(self) -> Queue:
@@ -128,8 +143,9 @@ class Connector:
         )
         # PostgreSQL: one budget for all processes; SQLite: this process's own bucket.
         limiter = self._limiter = limiter_for(self._queue, d.rate_limit_rps)
+        self._capture = capture_client(self.settings)
         self._worker = DeliveryWorker(
-            self._queue, self._client, limiter, d, self.metrics, self.state
+            self._queue, self._client, limiter, d, self.metrics, self.state, capture=self._capture
         )
         self._task = asyncio.create_task(self._worker.run(self._stop), name="delivery")
         if self.settings.follow_posthog:
@@ -177,6 +193,8 @@ class Connector:
         for client in [self._client, *self._retired_clients]:
             if client is not None:
                 await client.aclose()
+        if self._capture is not None:
+            await self._capture.aclose()
         if self._queue is not None:
             await self._queue.close()
         log.info("connector stopped")

@@ -144,6 +144,18 @@ class Settings(BaseModel):
     follow_poll_secs: Annotated[float, RESTART] = Field(default=30.0, gt=0, le=3_600)
     follow_lag_secs: Annotated[float, RESTART] = Field(default=300.0, ge=0, le=7 * 24 * 3600)
 
+    # Customer.io's reporting webhooks into PostHog (docs/reporting.md). The signing keys are
+    # comma separated, any one may match (rotation); the capture client is made at start.
+    reporting_signing_keys: Annotated[SecretStr | None, Option(Reload.LIVE, secret=True)] = None
+    posthog_capture_url: Annotated[str | None, RESTART] = None
+    posthog_project_api_key: Annotated[SecretStr | None, Option(Reload.RESTART, secret=True)] = None
+    # "object_type:metric" -> PostHog event name, e.g. {"email:opened": "Opened Email"}.
+    reporting_event_names: Annotated[dict[str, str], LIVE] = Field(default_factory=dict)
+    # Which "object_type:metric" are captured: fnmatch patterns, "!" denies; a metric is
+    # captured when an allow pattern matches and no deny pattern does.
+    reporting_metrics: Annotated[tuple[str, ...], LIVE] = ("*", "!*:drafted", "!*:attempted")
+    reporting_include_recipient: Annotated[bool, LIVE] = False
+
     delivery: DeliverySettings = DeliverySettings()
 
     @property
@@ -157,6 +169,14 @@ class Settings(BaseModel):
     @property
     def has_credentials(self) -> bool:
         return bool(self.site_id) and self.api_key is not None
+
+    @property
+    def reporting_keys(self) -> tuple[str, ...]:
+        """The reporting webhook signing keys, trimmed, empty ones left out."""
+        if self.reporting_signing_keys is None:
+            return ()
+        raw = self.reporting_signing_keys.get_secret_value().split(",")
+        return tuple(k for k in (part.strip() for part in raw) if k)
 
     def mapping_rules(self) -> MappingRules:
         return MappingRules(
@@ -205,7 +225,8 @@ def option_value(settings: Settings, name: str) -> object:
 def secret_values(settings: Settings) -> list[str]:
     """The values of the secrets that are set: what the logs redact."""
     values = (option_value(settings, n) for n, option in OPTIONS.items() if option.secret)
-    return [v.get_secret_value() for v in values if isinstance(v, SecretStr)]
+    found = [v.get_secret_value() for v in values if isinstance(v, SecretStr)]
+    return found + list(settings.reporting_keys)  # each signing key alone, too
 
 
 def is_loopback_host(host: str) -> bool:
@@ -285,6 +306,7 @@ ENV_NAMES = {
     "CUSTOMERIO_API_KEY": "api_key",
     "CUSTOMERIO_REGION": "region",
     "CUSTOMERIO_TRACK_URL": "track_url",
+    "CUSTOMERIO_REPORTING_SIGNING_KEYS": "reporting_signing_keys",
 }
 ENV_PREFIX = "POSTHOG_CUSTOMERIO_"
 
@@ -436,6 +458,36 @@ def parse_object_types(value: object) -> dict[str, str]:
     return out
 
 
+def parse_event_names(value: object) -> dict[str, str]:
+    """``{"email:opened": "Opened Email"}`` (TOML table or JSON object), or
+    ``email:opened=Opened Email,push:opened=Opened Push``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
+        else:
+            pairs: dict[str, object] = {}
+            for item in filter(None, (part.strip() for part in text.split(","))):
+                key, sep, name = item.partition("=")
+                if not sep:
+                    raise ValueError(f"{item!r} is not object_type:metric=Event Name")
+                pairs[key.strip()] = name.strip()
+            value = pairs
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a table of object_type:metric = event name")
+    out: dict[str, str] = {}
+    for key, name in value.items():
+        if not isinstance(key, str) or ":" not in key:
+            raise ValueError(f"{key!r} is not object_type:metric")
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"{key}: the event name is empty")
+        out[key.strip()] = name.strip()
+    return out
+
+
 def load_settings(
     *,
     cli: Mapping[str, Any] | None = None,
@@ -463,6 +515,14 @@ def load_settings(
     delivery = {k: v for k, v in merged.items() if k in DeliverySettings.model_fields}
     if "event_allowlist" in top:
         top["event_allowlist"] = parse_allowlist(top["event_allowlist"])
+    if "reporting_metrics" in top:
+        top["reporting_metrics"] = parse_allowlist(top["reporting_metrics"])
+    if "reporting_event_names" in top:
+        try:
+            top["reporting_event_names"] = parse_event_names(top["reporting_event_names"])
+        except ValueError as exc:
+            problems.append(f"reporting_event_names: {exc}")
+            top.pop("reporting_event_names")
     if "object_types" in top:
         try:
             top["object_types"] = parse_object_types(top["object_types"])
@@ -496,6 +556,14 @@ def _cross_checks(s: Settings) -> list[str]:
         problems.append(f"track_url: {s.track_url!r} must start with https:// or http://")
     if s.posthog_url is not None and not s.posthog_url.startswith(("http://", "https://")):
         problems.append(f"posthog_url: {s.posthog_url!r} must start with https:// or http://")
+    url = s.posthog_capture_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        problems.append(f"posthog_capture_url: {url!r} must start with https:// or http://")
+    if s.reporting_keys and (url is None or s.posthog_project_api_key is None):
+        problems.append(
+            "reporting_signing_keys: needs posthog_capture_url and posthog_project_api_key "
+            "(where the reporting events go)"
+        )
     if s.follow_posthog:
         missing = [
             name

@@ -5,6 +5,10 @@ request's ``values`` (``since``, ``until``, ``events``, ``after_ts``/``after_uui
 size from ``LIMIT``, like PostHog: ``{"columns": [...], "results": [[...]], "hasMore": ...}``.
 Every ``throttle_every``-th request gets ``429`` with ``Retry-After: 0``. It runs on uvicorn in
 a thread on 127.0.0.1; rows can be added while it runs (new events "arriving" in PostHog).
+
+It also takes the capture API's ``POST /batch/`` (``{"api_key": ..., "batch": [...]}``, the
+reverse path): ``captured`` keeps one event per uuid, as PostHog does, and
+``capture_posts`` every event posted; ``capture_down`` answers 503 with ``Retry-After: 0``.
 """
 
 from __future__ import annotations
@@ -57,6 +61,28 @@ class FakePostHog:
         self.throttled = 0
         self._lock = threading.Lock()
         self.url = ""
+        self.project_api_key = "phc_test_project"
+        self.captured: dict[str, dict[str, Any]] = {}  # uuid -> event, deduplicated
+        self.capture_posts: list[dict[str, Any]] = []  # every event posted, repeats included
+        self.capture_requests = 0
+        self.capture_down = False
+
+    async def capture_batch(self, request: Request) -> JSONResponse:
+        with self._lock:
+            self.capture_requests += 1
+        if self.capture_down:
+            return JSONResponse({"detail": "unavailable"}, 503, {"Retry-After": "0"})
+        body = await request.json()
+        if body.get("api_key") != self.project_api_key:
+            return JSONResponse({"type": "authentication_error"}, 401)
+        batch = body.get("batch")
+        if not isinstance(batch, list):
+            return JSONResponse({"type": "validation_error"}, 400)
+        with self._lock:
+            for event in batch:
+                self.capture_posts.append(event)
+                self.captured.setdefault(event["uuid"], event)
+        return JSONResponse({"status": "Ok"})
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         with self._lock:
@@ -122,6 +148,7 @@ class FakePostHog:
             routes=[
                 Route("/api/projects/{project_id}/query/", self.query, methods=["POST"]),
                 Route("/api/projects/{project_id}/query", self.query, methods=["POST"]),
+                Route("/batch/", self.capture_batch, methods=["POST"]),
             ]
         )
 

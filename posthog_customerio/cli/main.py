@@ -312,7 +312,10 @@ def _is_json(data: bytes) -> bool:
     return True
 
 
-def _read_events(paths: list[str]) -> list[Any]:
+def _read_events(paths: list[str], reporting: list[tuple[str, bytes]] | None = None) -> list[Any]:
+    """PostHog events from webhook bodies or JSON Lines; with ``reporting``, a file that is a
+    Customer.io reporting webhook goes there instead, as ``(name, bytes)``."""
+    from posthog_customerio.mapping.reporting import looks_like_reporting
     from posthog_customerio.sources.normalize import event_from_mapping
     from posthog_customerio.sources.webhook import parse_webhook_body
 
@@ -323,6 +326,9 @@ def _read_events(paths: list[str]) -> list[Any]:
             data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
         except OSError as exc:
             fail(f"{name}: cannot read ({exc.strerror})", 2)
+        if reporting is not None and _is_json(data) and looks_like_reporting(orjson.loads(data)):
+            reporting.append((name, data))
+            continue
         try:
             events.extend(parse_webhook_body(data, received_ms=now_ms, max_depth=1000))
             continue
@@ -354,16 +360,21 @@ def explain(
         bool, typer.Option("--json", help="Machine-readable output.", metavar="")
     ] = False,
 ) -> None:
-    """Print, for each PostHog event, the operations that would be sent or why it is dropped."""
+    """Print, for each PostHog event, the operations that would be sent or why it is dropped;
+    for a Customer.io reporting webhook, the PostHog event it becomes."""
     from posthog_customerio.mapping.explain import explain as run_explain
     from posthog_customerio.mapping.explain import format_explanation
 
     settings = settings_from(config, plugin_config)
-    results = run_explain(_read_events(files or []), settings.mapping_rules())
+    reporting: list[tuple[str, bytes]] = []
+    results = run_explain(_read_events(files or [], reporting), settings.mapping_rules())
+    reports = _explain_reporting(settings, reporting)
     if as_json:
         sys.stdout.write(
             orjson.dumps(
-                [r.as_dict() for r in results], option=orjson.OPT_INDENT_2, default=str
+                [*(r.as_dict() for r in results), *reports],
+                option=orjson.OPT_INDENT_2,
+                default=str,
             ).decode()
             + "\n"
         )
@@ -371,6 +382,24 @@ def explain(
     for r in results:
         out.print(format_explanation(r), markup=False)
         out.print()
+    for report in reports:
+        out.print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode(), markup=False)
+        out.print()
+
+
+def _explain_reporting(settings: Settings, bodies: list[tuple[str, bytes]]) -> list[Any]:
+    from posthog_customerio.mapping.reporting import explain_reporting
+    from posthog_customerio.pipeline.reporting import options_of
+    from posthog_customerio.sources.reporting import parse_reporting_body
+
+    found = []
+    for name, data in bodies:
+        try:
+            report = parse_reporting_body(data)
+        except InputError as exc:
+            fail(f"{name}: Customer.io reporting webhook: {exc}", 2)
+        found.append(explain_reporting(report, options_of(settings)))
+    return found
 
 
 def _queue_call(settings: Settings, fn: Any) -> Any:

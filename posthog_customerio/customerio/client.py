@@ -19,7 +19,8 @@ import httpx
 
 from posthog_customerio import __version__
 
-TrackEndpoint = Literal["batch", "anonymous", "region"]
+# "capture" is PostHog's (posthog/capture.py), answered in the same shape.
+TrackEndpoint = Literal["batch", "anonymous", "region", "capture"]
 
 BATCH_PATH = "/api/v2/batch"
 ANONYMOUS_PATH = "/api/v1/events"

@@ -55,6 +55,7 @@ from posthog_customerio.delivery.state import DeliveryState
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.operation import Endpoint, v1_anonymous_body
 from posthog_customerio.metrics import Metrics
+from posthog_customerio.posthog.capture import CaptureClient
 from posthog_customerio.queue.base import ClaimedOperation, DeliveryQueue, Lane, Rejection
 from posthog_customerio.settings import DeliverySettings
 
@@ -81,6 +82,7 @@ class DeliveryWorker:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         idle_poll_secs: float = 0.2,
+        capture: CaptureClient | None = None,
         linger_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._queue = queue
@@ -103,6 +105,7 @@ class DeliveryWorker:
         self._recheck_now = asyncio.Event()  # reconfigured while paused: check credentials now
         self._backfill_credit = 0.0  # grows by backfill_share per claim; at 1 backfill leads
         self._anonymous_refused = False  # Customer.io refused anonymous_id batch items
+        self._capture = capture  # PostHog's capture API (the reverse path), if configured
         metrics.rate_limit.set(limiter.current_rate)
 
     # ---------------------------------------------------------------- loop
@@ -314,7 +317,12 @@ class DeliveryWorker:
 
     async def _deliver_claim(self, ops: list[ClaimedOperation]) -> None:
         blocked: set[str] = set()  # partitions retried in this claim: hold their later ops
-        await self._deliver(ops, blocked)
+        posthog = [op for op in ops if op.endpoint.is_posthog]
+        if posthog:  # the reverse path: partitions of their own, requests of their own
+            ops = [op for op in ops if not op.endpoint.is_posthog]
+            await self._deliver_posthog(posthog, blocked)
+        if ops:
+            await self._deliver(ops, blocked)
 
     async def _deliver(self, ops: list[ClaimedOperation], blocked: set[str]) -> None:
         v1 = self._anonymous_v1()
@@ -415,6 +423,67 @@ class DeliveryWorker:
             retry_after_max_secs=self._settings.retry_after_max_secs,
             anonymous=frozenset(anonymous),
         )
+
+    # ---------------------------------------------------------------- PostHog (reverse path)
+
+    async def _deliver_posthog(self, ops: list[ClaimedOperation], blocked: set[str]) -> None:
+        """Reporting events to PostHog's ``/batch/``; unreadable reporting bodies straight to
+        the dead letters. Neither takes a Customer.io rate token nor pauses Customer.io."""
+        unreadable = [op for op in ops if op.endpoint is Endpoint.REPORTING_UNREADABLE]
+        if unreadable:
+            await self._dead_letter([_unreadable_rejection(op) for op in unreadable])
+        capture = [op for op in ops if op.endpoint is Endpoint.POSTHOG_CAPTURE]
+        if not capture:
+            return
+        if self._capture is None:
+            detail = "posthog_capture_url / posthog_project_api_key not configured"
+            now = self._clock()
+            await self._queue.retry(
+                [op.id for op in capture], now + self._settings.retry_max_backoff_secs, detail
+            )
+            self._untrack(capture)
+            self._state.record_error(f"capture: {detail}", now)
+            return
+        await self._send_capture(self._capture, capture, blocked)
+
+    async def _send_capture(
+        self, client: CaptureClient, ops: list[ClaimedOperation], blocked: set[str]
+    ) -> None:
+        held = [op for op in ops if op.partition in blocked]
+        if held:
+            await self._release(held)
+            ops = [op for op in ops if op.partition not in blocked]
+        if not ops:
+            return
+        bodies = [op.body_json for op in ops]
+        resp = await client.post_batch(bodies)
+        label = str(resp.status) if resp.status is not None else _error_label(resp.error)
+        self._metrics.requests.labels("capture", label).inc()
+        self._metrics.request_duration.labels("capture").observe(resp.elapsed_secs)
+        self._state.record_request(
+            at=self._clock(),
+            endpoint="capture",
+            status=resp.status,
+            ops=len(ops),
+            elapsed_secs=resp.elapsed_secs,
+            body=resp.body,
+            error=resp.error,
+        )
+        outcome = self._classify(resp, len(ops))
+        kind = outcome.kind
+        if kind is OutcomeKind.DELIVERED or kind is OutcomeKind.PARTIAL:
+            await self._ack(ops)  # PostHog's /batch/ answers all or nothing; 207 is not it
+        elif kind is OutcomeKind.SPLIT:
+            for half in split_halves(ops):
+                await self._send_capture(client, half, blocked)
+        elif kind is OutcomeKind.RETRY or kind is OutcomeKind.AUTH:
+            # A refused project key is PostHog's, not Customer.io's: keep everything, retry.
+            await self._retry(ops, outcome, resp, blocked)
+        else:
+            self._record_error("capture", outcome)
+            await self._dead_letter(
+                [_capture_rejection(client, op, outcome.detail, resp) for op in ops]
+            )
 
     # ---------------------------------------------------------------- outcomes
 
@@ -608,6 +677,8 @@ class DeliveryWorker:
     def _rejection(
         self, op: ClaimedOperation, reason: str, detail: str, resp: TrackResponse
     ) -> Rejection:
+        if op.endpoint is Endpoint.POSTHOG_CAPTURE and self._capture is not None:
+            return _capture_rejection(self._capture, op, detail, resp, reason)
         if op.endpoint is Endpoint.ANONYMOUS or resp.endpoint == "anonymous":
             request = self._client.redacted_request("POST", ANONYMOUS_PATH, _v1_body(op))
         else:  # the request that carries this operation alone
@@ -624,6 +695,40 @@ class DeliveryWorker:
             response=response,
             status=resp.status,
         )
+
+
+def _unreadable_rejection(op: ClaimedOperation) -> Rejection:
+    """A signed reporting body that did not parse: its bytes (as text) are the request."""
+    kept = orjson.loads(op.body_json)
+    raw = kept.get("raw_hex") or kept.get("raw") or ""
+    return Rejection(
+        op_id=op.id,
+        reason="unreadable_reporting",
+        detail=str(kept.get("problem", "")),
+        request=f"POST /customerio/reporting\n\n{raw}",
+    )
+
+
+def _capture_rejection(
+    client: CaptureClient,
+    op: ClaimedOperation,
+    detail: str,
+    resp: TrackResponse,
+    reason: str = "rejected",
+) -> Rejection:
+    response = (
+        resp.error
+        if resp.error is not None
+        else resp.body[:RESPONSE_KEEP_BYTES].decode("utf-8", errors="replace")
+    )
+    return Rejection(
+        op_id=op.id,
+        reason=reason,
+        detail=detail,
+        request=client.redacted_request([op.body_json]),
+        response=response,
+        status=resp.status,
+    )
 
 
 def _goes_v1(op: ClaimedOperation, anonymous_v1: bool) -> bool:

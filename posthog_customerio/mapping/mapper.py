@@ -72,6 +72,10 @@ class Mapper(Protocol):
         ...
 
 
+# ``$lib`` of the events the reverse path captures into PostHog (mapping/reporting.py): the
+# loop guard drops them, so an "Email Opened" never travels back to Customer.io.
+OWN_LIB = "posthog-customerio"
+
 ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
 GROUP_IDENTIFY = "$groupidentify"
 _NEVER_SEEN = IdentityState()
@@ -173,6 +177,13 @@ class EventMapper:
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
         """Decide the operations for ``event``; see the module docstring for the steps."""
         did = event.distinct_id
+        if event.properties.get("$lib") == OWN_LIB:
+            return MappingOutcome(
+                states={},
+                operations=(),
+                dropped="own_event",
+                notes=("captured by this connector from Customer.io: not sent back",),
+            )
         if not did:
             return MappingOutcome(states={}, operations=(), dropped="missing_distinct_id")
         if not fits_id(did):

@@ -30,6 +30,14 @@ class Endpoint(StrEnum):
     BATCH = "batch"  # body is one v2 envelope item naming a person or an object
     ANONYMOUS_ITEM = "anonymous_item"  # body is a v2 item with an anonymous_id identifier
     ANONYMOUS = "anonymous"  # body is a POST /api/v1/events body with anonymous_id
+    # The reverse path (mapping/reporting.py): not Customer.io's, PostHog's capture API.
+    POSTHOG_CAPTURE = "posthog_capture"  # body is one event of PostHog's /batch/ "batch" list
+    REPORTING_UNREADABLE = "reporting_unreadable"  # a signed body that did not parse: kept
+
+    @property
+    def is_posthog(self) -> bool:
+        """Whether delivery sends this to PostHog (or dead-letters it) rather than Customer.io."""
+        return self in (Endpoint.POSTHOG_CAPTURE, Endpoint.REPORTING_UNREADABLE)
 
 
 @dataclass(frozen=True, slots=True)

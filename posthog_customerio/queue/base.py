@@ -271,6 +271,19 @@ class AdminQueue(Protocol):
         ...
 
 
+class ReportingQueue(Protocol):
+    """What the reverse path (Customer.io's reporting webhooks) reads before it ingests."""
+
+    async def distinct_id_for_email(self, email: str) -> str | None:
+        """The distinct_id whose stored identity state has ``email`` (the one updated last,
+        identified first), or None: who a person addressed by email in Customer.io is."""
+        ...
+
+    async def was_seen(self, uuid: str) -> bool:
+        """Whether an event with ``uuid`` was ingested (and not yet pruned from dedup)."""
+        ...
+
+
 class StatusQueue(Protocol):
     """What status (page, API, CLI, metrics) reads."""
 
@@ -281,6 +294,14 @@ class StatusQueue(Protocol):
         ...
 
 
-class Queue(QueueLifecycle, IngestQueue, DeliveryQueue, AdminQueue, StatusQueue, Protocol):
+class Queue(
+    QueueLifecycle,
+    IngestQueue,
+    DeliveryQueue,
+    AdminQueue,
+    StatusQueue,
+    ReportingQueue,
+    Protocol,
+):
     """Durable operations, identity state, event dedup and dead letters: every role at once,
     as every store (``SQLiteQueue``, ``PostgresQueue``, ``MemoryQueue``) provides them."""

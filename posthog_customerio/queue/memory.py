@@ -211,6 +211,17 @@ class MemoryQueue(GroupCommittedIngest):
     async def get_checkpoint(self, source: str) -> str | None:
         return self._check().checkpoints.get(source)
 
+    async def distinct_id_for_email(self, email: str) -> str | None:
+        found = [
+            (state.identified, did)
+            for did, state in self._check().identities.items()
+            if state.email == email
+        ]
+        return max(found)[1] if found else None
+
+    async def was_seen(self, uuid: str) -> bool:
+        return uuid in self._check().seen
+
     async def prune_seen(self, older_than: float) -> int:
         seen = self._check().seen
         old = [uuid for uuid, at in seen.items() if at < older_than]

@@ -486,6 +486,18 @@ class PostgresQueue(GroupCommittedIngest):
             value = await pool.fetchval(q.GET_CHECKPOINT, source)
         return None if value is None else str(value)
 
+    async def distinct_id_for_email(self, email: str) -> str | None:
+        pool = await self._ready()
+        async with _translated():
+            value = await pool.fetchval(q.DISTINCT_ID_FOR_EMAIL, email)
+        return None if value is None else str(value)
+
+    async def was_seen(self, uuid: str) -> bool:
+        pool = await self._ready()
+        async with _translated():
+            value = await pool.fetchval(q.WAS_SEEN, uuid)
+        return value is not None
+
     # -- claim and settle -----------------------------------------------------------------
 
     async def claim(

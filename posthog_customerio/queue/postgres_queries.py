@@ -72,6 +72,15 @@ INSERT INTO checkpoints (source, position, updated_at) VALUES ($1, $2, $3)
 ON CONFLICT (source) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
 """
 GET_CHECKPOINT = "SELECT position FROM checkpoints WHERE source = $1"
+# The reverse path: who Customer.io's person-by-email is, and whether a uuid was ingested.
+# A scan of identity (reporting webhooks only, and only for people addressed by email).
+DISTINCT_ID_FOR_EMAIL = """
+SELECT distinct_id FROM identity
+WHERE convert_from(state, 'UTF8')::jsonb ->> 'email' = $1
+ORDER BY (convert_from(state, 'UTF8')::jsonb ->> 'identified') = 'true' DESC, updated_at DESC
+LIMIT 1
+"""
+WAS_SEEN = "SELECT 1 FROM seen_events WHERE uuid = $1"
 
 # --- claim ----------------------------------------------------------------------------------
 

@@ -881,6 +881,19 @@ class SQLiteQueue(GroupCommittedIngest):
 
         return await self._writer.run(job, write=False)
 
+    async def distinct_id_for_email(self, email: str) -> str | None:
+        def job(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(q.DISTINCT_ID_FOR_EMAIL, (email,)).fetchone()
+            return str(row[0]) if row is not None else None
+
+        return await self._writer.run(job, write=False)
+
+    async def was_seen(self, uuid: str) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            return conn.execute(q.WAS_SEEN, (uuid,)).fetchone() is not None
+
+        return await self._writer.run(job, write=False)
+
     async def claim(
         self, max_ops: int, max_bytes: int, now: float, *, lanes: frozenset[Lane] | None = None
     ) -> list[ClaimedOperation]:

@@ -32,6 +32,13 @@ SELECT s.uuid FROM json_each(?) AS j JOIN seen_events AS s ON s.uuid = j.value
 """
 MARK_SEEN = "INSERT OR IGNORE INTO seen_events (uuid, seen_at) VALUES (?, ?)"
 GET_IDENTITY = "SELECT state FROM identity WHERE distinct_id = ?"
+# The reverse path: who Customer.io's person-by-email is, and whether a uuid was ingested.
+# A scan of identity (reporting webhooks only, and only for people addressed by email).
+DISTINCT_ID_FOR_EMAIL = """
+SELECT distinct_id FROM identity WHERE json_extract(CAST(state AS TEXT), '$.email') = ?
+ORDER BY json_extract(CAST(state AS TEXT), '$.identified') DESC, updated_at DESC LIMIT 1
+"""
+WAS_SEEN = "SELECT 1 FROM seen_events WHERE uuid = ?"
 GET_IDENTITIES = """
 SELECT i.distinct_id, i.state FROM json_each(?) AS j JOIN identity AS i ON i.distinct_id = j.value
 """

@@ -30,6 +30,7 @@ from posthog_customerio.runtime import SANDBOX_PREFIX, Connector
 from posthog_customerio.sources.webhook import parse_webhook_body
 from posthog_customerio.web.admin import admin_routes
 from posthog_customerio.web.history import History
+from posthog_customerio.web.reporting import reporting_route
 from posthog_customerio.web.responses import error_body, json_response
 
 log = logging.getLogger("posthog_customerio.web")
@@ -169,7 +170,10 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
             return json_response({"ready": False, "reason": f"queue unreachable: {exc}"}, 503)
         if connector.state.credentials == "rejected":
             return json_response({"ready": False, "reason": "credentials rejected"}, 503)
-        return json_response({"ready": True, "credentials": connector.state.credentials})
+        answer: dict[str, Any] = {"ready": True, "credentials": connector.state.credentials}
+        if connector.reporting.held_back:  # loud, but the service itself is ready
+            answer["reporting"] = connector.reporting.to_json()
+        return json_response(answer)
 
     async def metrics(request: Request) -> Response:
         with contextlib.suppress(Exception):
@@ -202,6 +206,7 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
         Route("/api/history", api_history, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         *admin_routes(connector),
+        reporting_route(connector),
     ]
     if sandbox_app is not None:
         routes.append(Mount(SANDBOX_PREFIX, app=sandbox_app))
@@ -224,4 +229,6 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
 async def status_snapshot(connector: Connector, history: History | None = None) -> dict[str, Any]:
     """What ``status --json`` and the status page show; never a secret."""
     extra = history.overview(connector.settings.delivery.rate_limit_rps) if history else {}
-    return await admin.live_status(connector, extra)
+    snapshot = await admin.live_status(connector, extra)
+    snapshot["reporting"] = connector.reporting.to_json()  # the reverse path's direction
+    return snapshot

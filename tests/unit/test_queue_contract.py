@@ -827,3 +827,23 @@ def test_forget_from_a_second_non_owner_queue(harness: Harness) -> None:
             assert op.action == "delete" and op.partition == "u1"
 
     run(body())
+
+
+def test_reporting_lookups_by_email_and_seen_uuid(harness: Harness) -> None:
+    """The reverse path's reads: who has a stored email (identified first), which uuids were
+    ingested."""
+
+    async def body() -> None:
+        async with harness.queue() as q:
+            await q.ingest([ev("anon-1", "clicked", set={"email": "ada@example.com"})], MAPPER)
+            await q.ingest([ev("ada", "$identify", set={"email": "ada@example.com"})], MAPPER)
+            await q.ingest([ev("bob", "clicked", set={"email": "bob@example.com"})], MAPPER)
+            seen = ev("bob", "clicked", uuid="01932b8e-7c3a-7d4e-9f00-0123456789ab")
+            await q.ingest([seen], MAPPER)
+            assert await q.distinct_id_for_email("ada@example.com") == "ada"
+            assert await q.distinct_id_for_email("bob@example.com") == "bob"
+            assert await q.distinct_id_for_email("nobody@example.com") is None
+            assert await q.was_seen("01932b8e-7c3a-7d4e-9f00-0123456789ab") is True
+            assert await q.was_seen("01932b8e-7c3a-7d4e-9f00-0123456789ac") is False
+
+    run(body())

@@ -248,7 +248,14 @@ def test_every_secret_is_declared_and_typed_secret() -> None:
         in str((Settings.model_fields.get(name) or DeliverySettings.model_fields[name]).annotation)
     }
     assert typed == SECRET_FIELDS
-    assert {"api_key", "webhook_secret", "admin_token", "posthog_personal_api_key"} == SECRET_FIELDS
+    assert {
+        "api_key",
+        "webhook_secret",
+        "admin_token",
+        "posthog_personal_api_key",
+        "reporting_signing_keys",
+        "posthog_project_api_key",
+    } == SECRET_FIELDS
     settings = load_settings(
         cli={"site_id": "s", "api_key": "k-1", "posthog_personal_api_key": "phx-1"}, env={}
     )

@@ -506,6 +506,29 @@ class _Sandbox:
             return _json({"error": "no such person"}, 404)
         return _json(self.workspace.person_detail(person))
 
+    async def reporting(self, request: Request) -> Response:
+        """Send signed reporting webhooks about one person (``sandbox/reporting.py``)."""
+        from posthog_customerio.customerio.sandbox.reporting import send_reporting
+
+        try:
+            spec = orjson.loads(await request.body())
+            person = self.workspace.person_by_id_or_email(str(spec["person"]))
+            url, key = str(spec["url"]), str(spec["signing_key"])
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return _json({"error": "need JSON with person, url and signing_key"}, 400)
+        if person is None:
+            return _json({"error": "no such person"}, 404)
+        sent = await send_reporting(
+            person,
+            url,
+            key,
+            metrics=list(spec.get("metrics") or ["delivered", "opened", "clicked"]),
+            object_type=str(spec.get("object_type", "email")),
+            wrong_signature=bool(spec.get("wrong_signature", False)),
+            repeat=int(spec.get("repeat", 1)),
+        )
+        return _json({"sent": sent})
+
     async def anonymous_events(self, request: Request) -> Response:
         return _json(self.workspace.anonymous_events_json())
 
@@ -552,6 +575,7 @@ def create_sandbox_app(config: SandboxConfig | None = None) -> Starlette:
         Route("/_sandbox/people", sandbox.people, methods=["GET"]),
         Route("/_sandbox/people/{key:path}", sandbox.person, methods=["GET"]),
         Route("/_sandbox/anonymous_events", sandbox.anonymous_events, methods=["GET"]),
+        Route("/_sandbox/reporting", sandbox.reporting, methods=["POST"]),
         Route("/_sandbox/objects", sandbox.objects, methods=["GET"]),
         Route("/_sandbox/requests", sandbox.requests, methods=["GET"]),
         Route("/_sandbox/stats", sandbox.stats, methods=["GET"]),

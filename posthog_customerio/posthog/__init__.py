@@ -1,0 +1,1 @@
+"""PostHog as a destination: the capture API the reverse path delivers to."""
