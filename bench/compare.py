@@ -53,7 +53,7 @@ import orjson
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.events import bodies_of, make_events, post_all
+from bench.events import bodies_of, make_events, make_web_events, post_all
 from bench.loopback import API_KEY, SITE_ID, Sandbox, Serve, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -527,6 +527,13 @@ def main() -> None:
         help="events for the app / official client under the 100 requests/s limit",
     )
     ap.add_argument("--users", type=int, default=1_000)
+    ap.add_argument(
+        "--mix",
+        choices=["identified", "web"],
+        default="identified",
+        help="identified users only, or web traffic (bench/events.py make_web_events)",
+    )
+    ap.add_argument("--anonymous-share", type=float, default=0.7, help="of the web mix")
     ap.add_argument("--latency-rate", type=float, default=1_000.0)
     ap.add_argument("--latency-secs", type=float, default=10.0)
     ap.add_argument("--ingest-secs", type=int, default=10)
@@ -542,10 +549,16 @@ def main() -> None:
     ap.add_argument("--png", type=Path, default=ROOT / "docs" / "images" / "benchmarks.png")
     args = ap.parse_args()
 
-    events = make_events(args.events, args.users)
+    def make(count: int, seed: int = 7, start: int = 0) -> list[dict[str, Any]]:
+        if args.mix == "web":
+            share = args.anonymous_share
+            return make_web_events(count, args.users, seed, start, anonymous_share=share)
+        return make_events(count, args.users, seed, start)
+
+    events = make(args.events)
     alt_counts = [args.alt_events, args.alt_events_limited]
     n_lat = int(args.latency_rate * args.latency_secs)
-    lat_events = make_events(n_lat, args.users, seed=9, start=5_000_000)
+    lat_events = make(n_lat, seed=9, start=5_000_000)
     for e in lat_events:  # bench_seq from 0 for the latency runs
         e["event"]["properties"]["bench_seq"] -= 5_000_000
     scenarios = [

@@ -6,6 +6,13 @@ Webhook destination's default body shape ``{"event": {...}, "person": {...}}``: 
 20 % ``order_completed`` with nested properties (a list of line items, an address object).
 Every event carries ``bench_seq = i`` so a benchmark can find it again in what the sandbox
 received, and a uuid derived from ``i`` (distinct events never collide in dedup).
+
+``make_events`` is identified users only. ``make_web_events`` is a website's traffic: a share
+of the events (``anonymous_share``, default 0.7) are page views of anonymous visitors (browser
+ids, ``$is_identified: false``, no person profile), and about one visitor in twenty signs up
+after their visit: a ``$identify`` of a new user with ``$anon_distinct_id`` = the visitor's id,
+which merges the visitor's page views into the person. The rest are ``make_event`` events of
+identified users.
 """
 
 from __future__ import annotations
@@ -83,6 +90,108 @@ def make_event(i: int, users: int, rng: random.Random) -> dict[str, Any]:
 def make_events(count: int, users: int, seed: int = 7, start: int = 0) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     return [make_event(i, users, rng) for i in range(start, start + count)]
+
+
+ACTIVE_VISITORS = 300  # anonymous visitors browsing at any moment
+VISIT_PAGES = (1, 8)  # page views per visit, uniform
+SIGNUP_SHARE = 0.05  # visitors who sign up at the end of their visit
+
+
+def make_web_events(
+    count: int,
+    users: int,
+    seed: int = 7,
+    start: int = 0,
+    *,
+    anonymous_share: float = 0.7,
+    signup_share: float = SIGNUP_SHARE,
+) -> list[dict[str, Any]]:
+    """A website's stream: ``anonymous_share`` of the events from anonymous visitors (see the
+    module docstring), the rest from ``users`` identified users."""
+    rng = random.Random(seed)
+    visitors: list[list[Any]] = []  # [visitor id, page views left, signs up]
+    made = 0
+
+    def new_visitor() -> list[Any]:
+        nonlocal made
+        made += 1
+        head = f"0193{rng.randrange(1 << 16):04x}-{made % 65536:04x}"
+        vid = f"{head}-7{seed % 4096:03x}-8000-{made:012x}"
+        return [vid, rng.randint(*VISIT_PAGES), rng.random() < signup_share]
+
+    visitors = [new_visitor() for _ in range(ACTIVE_VISITORS)]
+    signed_up = 0
+    out = []
+    for i in range(start, start + count):
+        if rng.random() >= anonymous_share:
+            out.append(make_event(i, users, rng))
+            continue
+        slot = rng.randrange(len(visitors))
+        vid, left, signs_up = visitors[slot]
+        if left > 0:
+            visitors[slot][1] -= 1
+            out.append(_anonymous_pageview(i, vid, rng))
+            continue
+        visitors[slot] = new_visitor()
+        if not signs_up:
+            out.append(_anonymous_pageview(i, visitors[slot][0], rng))
+            visitors[slot][1] -= 1
+            continue
+        signed_up += 1
+        user = f"signup_{seed}_{signed_up}"
+        out.append(
+            _event(
+                i,
+                "$identify",
+                user,
+                {
+                    "$is_identified": True,
+                    "$lib": "web",
+                    "$anon_distinct_id": vid,
+                    "$device_id": vid,
+                    "$set": {"email": f"{user}@example.com", "plan": "free"},
+                    "bench_seq": i,
+                },
+                person={"email": f"{user}@example.com"},
+            )
+        )
+    return out
+
+
+def _anonymous_pageview(i: int, visitor: str, rng: random.Random) -> dict[str, Any]:
+    browser, os_name = rng.choice(BROWSERS)
+    path = rng.choice(PAGES)
+    props = {
+        "$lib": "web",
+        "$browser": browser,
+        "$os": os_name,
+        "$device_id": visitor,
+        "$session_id": f"{visitor[:8]}-sess",
+        "$is_identified": False,
+        "$process_person_profile": False,
+        "$current_url": f"https://www.example.com{path}?utm_source={rng.randrange(20)}",
+        "$pathname": path,
+        "$referrer": rng.choice(["$direct", "https://www.google.com/", "https://t.co/"]),
+        "bench_seq": i,
+    }
+    return _event(i, "$pageview", visitor, props, person=None)
+
+
+def _event(
+    i: int, name: str, distinct_id: str, props: dict[str, Any], *, person: dict[str, Any] | None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "event": {
+            "uuid": event_uuid(i),
+            "event": name,
+            "distinct_id": distinct_id,
+            "timestamp": "2024-10-01T12:00:00.000Z",
+            "properties": props,
+        }
+    }
+    if person is not None:
+        body["person"] = {"properties": person}
+    return body
 
 
 def bodies_of(events: Sequence[dict[str, Any]], batch_size: int) -> list[Any]:

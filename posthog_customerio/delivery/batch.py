@@ -18,11 +18,21 @@ _SUFFIX = b"]}"
 # Room left for the ``{"batch":[...]}`` wrapper. The ``n - 1`` commas between items are not
 # covered; the worker checks the built body and halves it in the rare case it is still over.
 BATCH_WRAPPER_BYTES = 64
+ITEM_MAX_BYTES = 32_000  # Customer.io's limit per batch item
 
 
 def claim_max_bytes(batch_max_bytes: int) -> int:
     """The ``max_bytes`` to claim with so that the wrapped request stays under the limit."""
     return batch_max_bytes - BATCH_WRAPPER_BYTES
+
+
+def is_full(ops: Sequence[ClaimedOperation], max_ops: int, max_bytes: int) -> bool:
+    """Whether a claim made with these limits is as big as a request gets: ``max_ops``
+    operations, or less room left than the largest item could need. A claim that is not
+    full took everything that was ready, so more can only come from waiting."""
+    if len(ops) >= max_ops:
+        return True
+    return sum(len(op.body_json) for op in ops) > max_bytes - ITEM_MAX_BYTES
 
 
 def build_batch_body(ops: Sequence[ClaimedOperation]) -> bytes:

@@ -10,6 +10,13 @@ dead-lettered for it, and every later anonymous event of the process goes v1 dir
 limiter. The queue row is the unit of truth: an operation is acked only after Customer.io
 accepted it, and anything not settled is released.
 
+Full batches under a live stream: a claim that is full (a backlog) is sent at once, as many
+at a time as there are slots; one that is not (a trickle: it took everything ready) is held
+open for ``batch_linger_secs`` and topped up with what became ready meanwhile, and only then
+sent. Claims are made one after another, so under a steady stream a request that is not full
+goes out at most once per ``batch_linger_secs``, however many slots are free: the request
+budget a trickle spends is bounded, and an operation waits at most that long for company.
+
 Order per partition holds because the queue never gives a partition to two claims at once, and
 inside a claim a partition's later operations are never sent after an earlier one failed
 transiently: once an operation of a partition is retried, the claim's remaining operations of
@@ -35,7 +42,12 @@ from posthog_customerio.customerio.client import (
     TrackResponse,
 )
 from posthog_customerio.delivery.backoff import full_jitter_backoff, is_expired
-from posthog_customerio.delivery.batch import build_batch_body, claim_max_bytes, split_halves
+from posthog_customerio.delivery.batch import (
+    build_batch_body,
+    claim_max_bytes,
+    is_full,
+    split_halves,
+)
 from posthog_customerio.delivery.outcome import Outcome, OutcomeKind, classify
 from posthog_customerio.delivery.ratelimit import Limiter
 from posthog_customerio.delivery.retrylog import RetryLog
@@ -71,6 +83,7 @@ class DeliveryWorker:
         rng: random.Random | None = None,
         idle_poll_secs: float = 0.2,
         capture: CaptureClient | None = None,
+        linger_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._queue = queue
         self._client = client
@@ -81,6 +94,7 @@ class DeliveryWorker:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._idle_poll_secs = idle_poll_secs
+        self._linger_sleep = linger_sleep  # the wait of a batch that is not full (tests drive it)
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._claimed: dict[int, ClaimedOperation] = {}  # claimed and not yet settled
@@ -111,11 +125,7 @@ class DeliveryWorker:
                 await self._dispatch(stop)
                 if stop.is_set() or self._paused:
                     continue
-                busy = bool(self._tasks)
                 await self._wait_for_work(stop)
-                # Linger only after idling: while busy, the next batch fills during the requests.
-                if self._settings.batch_linger_secs > 0 and not busy and not stop.is_set():
-                    await self._race_stop(asyncio.sleep(self._settings.batch_linger_secs), stop)
         finally:
             await self.drain(self._settings.shutdown_grace_secs)
 
@@ -150,16 +160,18 @@ class DeliveryWorker:
                 logger.exception("releasing claimed operations failed", extra=_ctx(ops=len(ids)))
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
-        """Claim and start requests while there is work and a free in-flight slot."""
-        max_ops = self._settings.batch_max_ops
-        max_bytes = claim_max_bytes(self._settings.batch_max_bytes)
+        """Claim and start requests while there is work and a free in-flight slot; a claim
+        that is not full lingers first (``_linger``)."""
         while not stop.is_set() and not self._paused:
+            max_ops = self._settings.batch_max_ops
+            max_bytes = claim_max_bytes(self._settings.batch_max_bytes)
             if not await self._race_stop(self._slots.acquire(), stop):
                 return
             if stop.is_set() or self._paused:
                 self._slots.release()
                 return
             self._settled.clear()  # a claim settling from here on must wake the next wait
+            opened_at = self._clock()
             try:
                 ops = await self._claim_by_lane(max_ops, max_bytes)
             except Exception as exc:
@@ -174,8 +186,10 @@ class DeliveryWorker:
             if not ops:
                 self._slots.release()
                 return
-            for op in ops:
-                self._claimed[op.id] = op
+            self._track(ops)
+            linger = self._settings.batch_linger_secs
+            if linger > 0 and not is_full(ops, max_ops, max_bytes):
+                ops = await self._linger(ops, opened_at + linger, max_ops, max_bytes, stop)
             task = asyncio.create_task(self._run_claim(ops))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -185,13 +199,51 @@ class DeliveryWorker:
                     return
                 self._trial = False
 
-    async def _claim_by_lane(self, max_ops: int, max_bytes: int) -> list[ClaimedOperation]:
+    async def _linger(
+        self,
+        ops: list[ClaimedOperation],
+        deadline: float,
+        max_ops: int,
+        max_bytes: int,
+        stop: asyncio.Event,
+    ) -> list[ClaimedOperation]:
+        """Hold a claim that is not full until ``deadline``, then top it up with what became
+        ready meanwhile (partitions not in it: the queue never gives a partition to two
+        claims, so each partition's operations stay in order). Stop cuts the wait short."""
+        wait = deadline - self._clock()
+        if wait > 0:
+            await self._race_stop(self._linger_sleep(wait), stop)
+        if stop.is_set() or self._paused:
+            return ops
+        room_ops = max_ops - len(ops)
+        room_bytes = max_bytes - sum(len(op.body_json) for op in ops)
+        if room_ops <= 0 or room_bytes <= 0:
+            return ops
+        try:
+            more = await self._claim_by_lane(room_ops, room_bytes, top_up=True)
+        except Exception:
+            logger.exception("claim failed")  # send what the batch holds
+            return ops
+        self._track(more)
+        return ops + more
+
+    def _track(self, ops: Sequence[ClaimedOperation]) -> None:
+        for op in ops:
+            self._claimed[op.id] = op
+
+    async def _claim_by_lane(
+        self, max_ops: int, max_bytes: int, *, top_up: bool = False
+    ) -> list[ClaimedOperation]:
         """One claim, led by the live lane, except that the backfill lane leads often enough
         to get at least ``backfill_share`` of the claims (one claim is one request) while both
-        have work. What the leading lane leaves of the limits is filled from the other one."""
-        share = self._settings.backfill_share
-        self._backfill_credit = min(1.0, self._backfill_credit + share)
-        backfill_leads = self._backfill_credit >= 1.0 - 1e-9
+        have work. What the leading lane leaves of the limits is filled from the other one.
+        A ``top_up`` of a lingering batch is part of the same request: live first, no credit."""
+        if top_up:
+            backfill_leads = False
+        else:
+            share = self._settings.backfill_share
+            self._backfill_credit = min(1.0, self._backfill_credit + share)
+            backfill_leads = self._backfill_credit >= 1.0 - 1e-9
         lead, other = (BACKFILL_LANE, LIVE_LANE) if backfill_leads else (LIVE_LANE, BACKFILL_LANE)
         now = self._clock()
         ops = await self._queue.claim(max_ops, max_bytes, now, lanes=lead)
@@ -207,7 +259,7 @@ class DeliveryWorker:
             if not ops:
                 backfill_leads = other is BACKFILL_LANE
             ops += more
-        if ops and backfill_leads:
+        if ops and backfill_leads and not top_up:
             self._backfill_credit = max(0.0, self._backfill_credit - 1.0)
         return ops
 

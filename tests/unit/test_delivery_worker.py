@@ -96,15 +96,29 @@ class RecordingQueue(MemoryQueue):
         lane: Lane = Lane.LIVE,
     ) -> int:
         """Ingest one event that becomes this operation; returns the operation's id."""
+        self.enqueued_at = enqueued_at
+        try:
+            return asyncio.run(
+                self.add_live(partition, body, endpoint=endpoint, action=action, lane=lane)
+            )
+        finally:
+            self.enqueued_at = None
+
+    async def add_live(
+        self,
+        partition: str,
+        body: dict[str, Any],
+        *,
+        endpoint: Endpoint = Endpoint.BATCH,
+        action: str = "event",
+        lane: Lane = Lane.LIVE,
+    ) -> int:
+        """``add`` from inside a running worker's loop: an operation arriving live."""
         event = PostHogEvent(
             uuid=f"uuid-{next(self._uuids)}", event=action, distinct_id=partition, timestamp_ms=0
         )
         mapper = ReadyMade(Operation(partition, endpoint, action, body))
-        self.enqueued_at = enqueued_at
-        try:
-            result = asyncio.run(self.ingest([event], mapper, lane=lane))
-        finally:
-            self.enqueued_at = None
+        result = await self.ingest([event], mapper, lane=lane)
         assert result.accepted == 1
         return self.store.last_operation_id
 
@@ -261,6 +275,8 @@ def drive(
     settings: DeliverySettings = FAST,
     until: Callable[[Run], bool] | None = None,
     state: DeliveryState | None = None,
+    clock: Callable[[], float] = time.time,
+    linger_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Run:
     """Run a worker until ``until`` holds (default: the queue is empty), then stop it."""
     cio = FakeCustomerIO(respond)
@@ -280,6 +296,8 @@ def drive(
             run.state,
             rng=random.Random(3),
             idle_poll_secs=POLL_SECS,
+            clock=clock,
+            linger_sleep=linger_sleep,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(worker.run(stop))
@@ -788,3 +806,105 @@ def test_a_claim_is_filled_from_the_other_lane() -> None:
     run = drive(q, region_ok(ok), settings=settings)
     [request] = batch_requests(run)
     assert [key(i)[0] for i in request.items] == ["l0", "l1", "b0", "b1", "b2"]
+
+
+# ------------------------------------------------------------------ full batches (linger)
+
+LINGER = FAST.model_copy(update={"batch_linger_secs": 0.2, "batch_max_ops": 4})
+
+
+@dataclass
+class Linger:
+    """The worker's linger wait, driven by the test: records each wait (on a clock that
+    stands still, so each is the whole ``batch_linger_secs``) and runs ``meanwhile`` in it,
+    what arrives while the batch waits; it never sleeps."""
+
+    meanwhile: Callable[[int], Awaitable[None]] | None = None
+    waits: list[float] = field(default_factory=list)
+
+    async def __call__(self, secs: float) -> None:
+        self.waits.append(secs)
+        if self.meanwhile is not None:
+            await self.meanwhile(len(self.waits))
+        await asyncio.sleep(0)
+
+
+def test_a_backlog_goes_out_in_full_batches_at_once_and_only_the_tail_lingers() -> None:
+    q = RecordingQueue()
+    for i in range(10):
+        q.add(f"p{i}", item(f"p{i}", i))
+    linger = Linger()
+    settings = LINGER.model_copy(update={"max_in_flight": 1})
+    now = time.time()
+    run = drive(q, region_ok(ok), settings=settings, clock=lambda: now, linger_sleep=linger)
+    assert [len(r.items) for r in batch_requests(run)] == [4, 4, 2]
+    # the full ones went at once; only the tail waited for company
+    assert linger.waits == pytest.approx([0.2])
+
+
+def test_a_trickle_lingers_and_the_batch_takes_what_arrived_meanwhile() -> None:
+    q = RecordingQueue()
+    q.add("a", item("a", 1))
+
+    async def arrive(wait: int) -> None:
+        if wait == 1:
+            for p, seq in (("b", 1), ("a", 2), ("c", 1)):
+                await q.add_live(p, item(p, seq))
+
+    linger = Linger(arrive)
+    now = time.time()
+    run = drive(q, region_ok(ok), settings=LINGER, clock=lambda: now, linger_sleep=linger)
+    # a2 arrived while a1 was claimed: the next request, so a's order holds
+    assert [[key(i) for i in r.items] for r in batch_requests(run)] == [
+        [("a", 1), ("b", 1), ("c", 1)],
+        [("a", 2)],
+    ]
+    assert linger.waits == pytest.approx([0.2, 0.2])
+
+
+def test_under_a_stream_every_request_that_is_not_full_waited_a_linger_first() -> None:
+    # Operations arrive during every request and every wait while slots are free: still one
+    # non-full request per linger, never one per free slot.
+    q = RecordingQueue()
+    q.add("s0", item("s0", 0))
+    arrived = itertools.count(1)
+    rounds = 6
+
+    async def two_more(_: int) -> None:
+        for _ in range(2):
+            n = next(arrived)
+            if n <= 3 * rounds:
+                await q.add_live(f"s{n}", item(f"s{n}", n))
+
+    async def respond(req: Request) -> httpx.Response:
+        if req.path == "/api/v2/batch":
+            await two_more(0)
+        return httpx.Response(200, json={})
+
+    linger = Linger(two_more)
+    settings = LINGER.model_copy(update={"batch_max_ops": 1_000, "max_in_flight": 8})
+    now = time.time()
+    run = drive(q, region_ok(respond), settings=settings, clock=lambda: now, linger_sleep=linger)
+    sizes = [len(r.items) for r in batch_requests(run)]
+    assert sum(sizes) == 1 + 3 * rounds and len(run.cio.accepted) == sum(sizes)
+    assert len(sizes) == len(linger.waits)  # each request came after exactly one linger
+    assert linger.waits == pytest.approx([0.2] * len(sizes))
+    assert all(size > 1 for size in sizes[:-1])  # what arrived meanwhile rode along
+
+
+def test_a_lingering_batch_tops_up_only_to_its_limits() -> None:
+    q = RecordingQueue()
+    q.add("a", item("a", 1))
+
+    async def five_more(wait: int) -> None:
+        if wait == 1:
+            for p in "bcdef":
+                await q.add_live(p, item(p, 1))
+
+    linger = Linger(five_more)
+    now = time.time()
+    run = drive(q, region_ok(ok), settings=LINGER, clock=lambda: now, linger_sleep=linger)
+    assert [[key(i)[0] for i in r.items] for r in batch_requests(run)] == [
+        ["a", "b", "c", "d"],  # topped up to batch_max_ops = 4
+        ["e", "f"],
+    ]
