@@ -32,7 +32,7 @@ import orjson
 
 from posthog_customerio.errors import InputError
 from posthog_customerio.sources.event import PostHogEvent
-from posthog_customerio.sources.normalize import event_from_mapping
+from posthog_customerio.sources.normalize import NUL_ESCAPE, event_from_mapping, replace_nul
 
 __all__ = [
     "BadRow",
@@ -193,6 +193,8 @@ def _read_jsonl(path: Path, received_ms: int, start: FilePosition | None) -> Ite
                     BadRow(shown, line, "expected a JSON object"), position, lines.disk_offset()
                 )
                 continue
+            if NUL_ESCAPE in raw:
+                obj = replace_nul(obj)
             yield Row(_event(obj, shown, line, received_ms), position, lines.disk_offset())
 
 

@@ -68,6 +68,40 @@ def parse_timestamp_ms(value: object) -> int | None:
     return None
 
 
+NUL_ESCAPE = b"\\u0000"  # how U+0000 appears in JSON text: a cheap test on the raw bytes
+
+
+def replace_nul(value: _T) -> _T:
+    """``value`` (parsed JSON, changed in place) with U+0000 replaced by U+FFFD in every
+    string and key.
+
+    PostgreSQL's ``text`` cannot hold U+0000: a distinct_id, ``$anon_distinct_id``, alias or
+    uuid holding one failed the whole group commit, so that body and every body committed
+    with it were answered 503, again each time PostHog retried. Replacing it before any store
+    keeps both stores, and Customer.io, seeing the same ids. Iterative: no recursion limit.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value  # type: ignore[return-value]
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            for key in [k for k in node if "\x00" in k]:
+                node[key.replace("\x00", "\ufffd")] = node.pop(key)
+            items: Any = node.items()
+        elif type(node) is list:
+            items = enumerate(node)
+        else:
+            continue
+        for key, item in list(items):
+            if type(item) is str:
+                if "\x00" in item:
+                    node[key] = item.replace("\x00", "\ufffd")
+            elif type(item) is dict or type(item) is list:
+                stack.append(item)
+    return value
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -88,12 +122,15 @@ def _object(value: object, path: str, key: str) -> JSON | None:
     if isinstance(value, str):
         if not value.strip():
             return None
+        text = value
         try:
-            value = orjson.loads(value)
+            value = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise InputError(_join(path, key), "is a string but not valid JSON") from exc
         if value is None:
             return None
+        if "\\u0000" in text:  # JSON inside a JSON string (export rows)
+            value = replace_nul(value)
     if isinstance(value, dict):
         return value
     if isinstance(value, Mapping):

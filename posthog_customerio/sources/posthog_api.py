@@ -37,7 +37,7 @@ from posthog_customerio import __version__
 from posthog_customerio.errors import ConnectorError, InputError
 from posthog_customerio.sources.event import PostHogEvent
 from posthog_customerio.sources.export_files import BadRow
-from posthog_customerio.sources.normalize import event_from_mapping
+from posthog_customerio.sources.normalize import NUL_ESCAPE, event_from_mapping, replace_nul
 
 __all__ = [
     "ApiCursor",
@@ -218,7 +218,10 @@ class PostHogQueryClient:
         columns = data.get("columns")
         if not isinstance(columns, list):
             columns = list(COLUMNS)
-        return [str(c) for c in columns], data["results"]
+        results: list[list[Any]] = data["results"]
+        if NUL_ESCAPE in resp.content:
+            results = replace_nul(results)
+        return [str(c) for c in columns], results
 
     async def page(
         self, q: ApiQuery, after: ApiCursor | None, since: str | None = None

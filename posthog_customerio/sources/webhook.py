@@ -15,7 +15,7 @@ import orjson
 
 from posthog_customerio.errors import InputError
 from posthog_customerio.sources.event import PostHogEvent
-from posthog_customerio.sources.normalize import event_from_mapping
+from posthog_customerio.sources.normalize import NUL_ESCAPE, event_from_mapping, replace_nul
 
 
 def parse_webhook_body(body: bytes, *, received_ms: int, max_depth: int = 64) -> list[PostHogEvent]:
@@ -52,7 +52,7 @@ def _loads(body: bytes, max_depth: int) -> Any:
     # the parsed value only for the rare body with many.
     if body.count(b"{") + body.count(b"[") > max_depth and _depth_exceeds(value, max_depth):
         raise InputError("", f"JSON nested deeper than {max_depth} levels")
-    return value
+    return replace_nul(value) if NUL_ESCAPE in body else value
 
 
 def _depth_exceeds(value: Any, max_depth: int) -> bool:

@@ -281,3 +281,12 @@ def test_serve_keeps_following_after_the_queue_refuses_a_chunk(
         asyncio.run(body())
     failed = [r for r in caplog.records if r.getMessage() == "posthog follow failed; retrying"]
     assert len(failed) == 1 and failed[0].name == "posthog_customerio.runtime"
+
+
+def test_nul_in_a_query_api_row_becomes_the_replacement_character() -> None:
+    """PostgreSQL's text cannot hold U+0000: a distinct_id with one failed the whole chunk."""
+    import httpx
+
+    content = json.dumps({"columns": ["distinct_id"], "results": [["user_\x00", {"k\x00": 1}]]})
+    columns, rows = PostHogQueryClient._parse(httpx.Response(200, content=content.encode()))
+    assert columns == ["distinct_id"] and rows == [["user_\ufffd", {"k\ufffd": 1}]]

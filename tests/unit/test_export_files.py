@@ -175,3 +175,10 @@ def test_folders_are_read_recursively_in_name_order(tmp_path: Path) -> None:
     ]
     with pytest.raises(InputError, match="no such file"):
         discover([tmp_path / "missing"])
+
+
+def test_nul_in_a_jsonl_row_becomes_the_replacement_character(tmp_path: Path) -> None:
+    """PostgreSQL's text cannot hold U+0000: a distinct_id with one failed the whole chunk."""
+    path = write_jsonl(tmp_path / "nul.jsonl", [{**ROW_OBJECTS, "distinct_id": "user_\x00"}])
+    [event] = events(path)
+    assert isinstance(event, PostHogEvent) and event.distinct_id == "user_\ufffd"

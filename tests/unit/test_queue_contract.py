@@ -847,3 +847,35 @@ def test_reporting_lookups_by_email_and_seen_uuid(harness: Harness) -> None:
             assert await q.was_seen("01932b8e-7c3a-7d4e-9f00-0123456789ac") is False
 
     run(body())
+
+
+def test_a_webhook_body_with_nul_in_its_ids_is_stored_alone_and_with_others(
+    harness: Harness,
+) -> None:
+    """U+0000 in a distinct_id, ``$anon_distinct_id``, alias or uuid: PostgreSQL's text
+    refused it and failed the whole group commit (503 for every body in it, on every retry)."""
+    from posthog_customerio.mapping.mapper import EventMapper
+    from posthog_customerio.mapping.rules import MappingRules
+    from posthog_customerio.sources.webhook import parse_webhook_body
+
+    mapper = EventMapper(MappingRules())
+    poisoned = parse_webhook_body(
+        b'[{"uuid": "019a3c10-0000-7a01-8b01-00000000\\u00001", "event": "$identify",'
+        b' "distinct_id": "user_\\u0000a", "properties": {"$anon_distinct_id": "anon\\u0000"}},'
+        b' {"uuid": "019a3c10-0000-7a01-8b01-000000000002", "event": "$create_alias",'
+        b' "distinct_id": "user_\\u0000a", "properties": {"alias": "al\\u0000"}}]',
+        received_ms=0,
+    )
+
+    async def body() -> None:
+        async with harness.queue() as q:
+            alone = await q.ingest(poisoned[:1], mapper)
+            assert alone.accepted == 1
+            together = await asyncio.gather(
+                q.ingest(poisoned[1:], mapper),
+                q.ingest([ev("user_good", "clicked")], mapper),
+            )
+            assert [r.accepted + sum(r.dropped.values()) for r in together] == [1, 1]
+            assert together[1].accepted == 1
+
+    run(body())

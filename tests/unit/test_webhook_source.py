@@ -415,3 +415,39 @@ def test_depth_check_agrees_with_a_recursive_count(value: Any) -> None:
     depth = _depth(parsed)
     for limit in range(max(depth - 2, 0), depth + 3):
         assert _depth_exceeds(parsed, limit) == (depth > limit)
+
+
+# -- U+0000, which PostgreSQL's text cannot hold ------------------------------------------
+
+
+def test_nul_in_ids_keys_and_values_becomes_the_replacement_character() -> None:
+    body = (
+        b'{"event": {"uuid": "019a3c10-0000-7a01-8b01-0000000000\\u00001", "event": "ok\\u0000",'
+        b' "distinct_id": "user_\\u0000x", "properties": {"$anon_distinct_id": "anon\\u0000",'
+        b' "alias": "al\\u0000", "k\\u0000": ["v\\u0000", {"deep": "d\\u0000"}],'
+        b' "$set": {"email": "a\\u0000b@example.com"}}}}'
+    )
+    [event] = parse(body)
+    assert event.uuid == "019a3c10-0000-7a01-8b01-0000000000\ufffd1"
+    assert event.event == "ok\ufffd" and event.distinct_id == "user_\ufffdx"
+    assert event.properties == {
+        "$anon_distinct_id": "anon\ufffd",
+        "alias": "al\ufffd",
+        "k\ufffd": ["v\ufffd", {"deep": "d\ufffd"}],
+    }
+    assert event.set == {"email": "a\ufffdb@example.com"}
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_nul() -> None:
+    [event] = parse(orjson.dumps(bare(distinct_id="user_\\u0000", properties={"x": "\x00"})))
+    assert event.distinct_id == "user_\\u0000"  # a backslash, then the text u0000
+    assert event.properties == {"x": "\ufffd"}
+
+
+def test_nul_inside_a_json_string_field_of_an_export_row() -> None:
+    props = json.dumps({"$anon_distinct_id": "anon\x00", "$set": {"plan": "p\x00"}})
+    event = event_from_mapping(
+        bare(properties=props, distinct_id="u\x00"), person=None, received_ms=0, path=""
+    )
+    assert event.properties == {"$anon_distinct_id": "anon\ufffd"}
+    assert event.set == {"plan": "p\ufffd"}
