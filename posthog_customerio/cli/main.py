@@ -169,7 +169,11 @@ def check(config: ConfigOpt = None, plugin_config: PluginOpt = None) -> None:
         return
     if result.rejected:
         fail(f"Customer.io rejected the credentials ({result.status}) at {url}")
-    fail(f"could not check the credentials at {url}: {result.error}")
+    why = {
+        "connect": "cannot connect (check track_url / region and the network)",
+        "timeout": "no answer in time (check the network or a proxy)",
+    }.get(result.error, result.error)
+    fail(f"could not check the credentials at {url}: {why}")
 
 
 @app.command("sandbox")

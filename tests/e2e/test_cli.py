@@ -131,7 +131,7 @@ def test_check_reads_each_answer_with_the_outcome_classifier(sandbox: Sandbox) -
 
     nobody = f"http://127.0.0.1:{free_port()}"
     code, text = _check(nobody)
-    assert code == 1 and f"could not check the credentials at {nobody}: connect" in text
+    assert code == 1 and f"could not check the credentials at {nobody}: cannot connect" in text
 
 
 def test_explain_prints_a_decision_for_every_sample(posthog_samples: Path) -> None:
