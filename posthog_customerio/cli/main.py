@@ -278,10 +278,12 @@ def status(
     for w in snapshot.get("workers") or []:
         this = " (answering this status)" if w.get("this_process") else ""
         sample = ", ".join(w.get("partition_sample") or [])
+        label = f"worker {w['id']}:"
         out.print(
-            f"worker {w['id']}:{' ' * max(1, 8 - len(str(w['id'])))}{w['host']} pid {w['pid']}, "
+            f"{label:<16} {w['host']} pid {w['pid']}, "
             f"{w['partitions']} partition(s) leased, heartbeat {w['heartbeat_age_secs']:.1f} s ago"
-            f"{this}" + (f" [{sample}]" if sample else "")
+            f"{this}" + (f" [{sample}]" if sample else ""),
+            markup=False,
         )
     d = snapshot.get("delivery") or {}
     if d:
