@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.identity import IdentityState, with_merge_chains
 from posthog_customerio.mapping.mapper import EventMapper, MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
 from posthog_customerio.mapping.rules import MappingRules
@@ -66,6 +66,7 @@ def explain(
     out: list[Explanation] = []
     for event in events:
         states = {i: known[i] for i in mapper.distinct_ids(event) if i in known}
+        states = with_merge_chains(states, known)
         outcome = mapper.map(event, states)
         known.update(outcome.states)
         out.append(explanation(event, outcome))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -22,7 +23,9 @@ class IdentityState:
     ``merged_into`` is the distinct_id this one was merged into (``$create_alias`` /
     ``$merge_dangerously``), and ``merged_email`` the email that merge addressed it by (with
     ``identify_by_email``): every later operation of this id goes to that person, so the
-    merged-away profile is never created again.
+    merged-away profile is never created again. A chain of merges (A into B, later B into C)
+    is followed to its end, C, and A's state is then pointed at C (path compression), so the
+    next event of A needs one read.
     """
 
     identified: bool = False
@@ -33,3 +36,20 @@ class IdentityState:
     exists: bool = False
     merged_into: str | None = None
     merged_email: str | None = None
+
+
+def with_merge_chains(
+    states: dict[str, IdentityState], known: Mapping[str, IdentityState]
+) -> dict[str, IdentityState]:
+    """``states`` (changed in place and returned) plus the states in ``known`` along each one's
+    ``merged_into`` chain, so the mapper can address the end of the chain (A merged into B, B
+    later into C: A's events go to C). Stops at an id already present, so a cycle ends."""
+    for state in list(states.values()):
+        target = state.merged_into
+        while target is not None and target not in states:
+            found = known.get(target)
+            if found is None:
+                break
+            states[target] = found
+            target = found.merged_into
+    return states

@@ -74,7 +74,8 @@ class Mapper(Protocol):
         ...
 
     def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
-        """Decide the operations for ``event`` given the loaded states."""
+        """Decide the operations for ``event`` given the loaded states: those of
+        ``distinct_ids(event)`` and of their ``merged_into`` chains (``with_merge_chains``)."""
         ...
 
 
@@ -377,6 +378,7 @@ class _Mapping:
         ops: list[Operation] = []
         if reason is None:
             reason = self._build(ops)
+        self._compress()
         if not self.state.exists and any(
             op.action in _CREATING_ACTIONS and op.endpoint is Endpoint.BATCH for op in ops
         ):
@@ -500,6 +502,46 @@ class _Mapping:
             self.state, seen=True, relationships=related | frozenset(new)
         )
 
+    def _compress(self) -> None:
+        """Point this id straight at the end of its merge chain (A → B → C becomes A → C), so
+        its next event needs one read and the chain never grows past one hop per merge."""
+        into = self.state.merged_into
+        if into is None:
+            return
+        end, _, _ = self._end(self.did, self.state)
+        if end not in (into, self.did):
+            merged_email = self._address().get("email")
+            self.state = dataclasses.replace(self.state, merged_into=end, merged_email=merged_email)
+
+    def _end(
+        self, distinct_id: str, state: IdentityState
+    ) -> tuple[str, IdentityState | None, str | None]:
+        """The id at the end of ``distinct_id``'s merge chain, its state (``None`` when it was
+        not loaded: the chain is followed as far as the states given reach), and the email to
+        address it by: the one the chain's last merge addressed it by (``merged_email``), the
+        identifier known to name that profile, as the primary's own link may still be on its
+        way in another partition.
+
+        A merged into B, later B into C: C, the profile that holds them all. A cycle (which
+        no merge this mapper makes can create) ends at its least id, whichever id it starts
+        from, so every id of it still addresses one profile.
+        """
+        path = [distinct_id]
+        current: IdentityState | None = state
+        merged_email: str | None = None
+        while current is not None and (target := current.merged_into) is not None:
+            if target in path:
+                end = min(path[path.index(target) :])
+                end_state = self._state_of(end)
+                return end, end_state, None if end_state is None else end_state.email
+            path.append(target)
+            merged_email = current.merged_email
+            current = self._state_of(target)
+        return path[-1], current, merged_email
+
+    def _state_of(self, distinct_id: str) -> IdentityState | None:
+        return self.state if distinct_id == self.did else self.states.get(distinct_id)
+
     def _identifiers(self, distinct_id: str, email: str | None) -> dict[str, str]:
         if self.rules.identify_by_email and email is not None:
             return {"email": email}
@@ -509,16 +551,16 @@ class _Mapping:
         self, distinct_id: str | None = None, state: IdentityState | None = None
     ) -> dict[str, str]:
         """Whom the operations of ``distinct_id`` (this event's by default) address: the person
-        it was merged into, else its email (``identify_by_email``) or its id. Every operation of
-        a person (identify, events, relationships, merges) uses this, so all reach one profile.
+        at the end of its merge chain, by that person's email (``identify_by_email``) or id.
+        Every operation of a person (identify, events, relationships, merges) uses this, so all
+        reach one profile.
         """
         if distinct_id is None or state is None:
             distinct_id, state = self.did, self.state
-        if state.merged_into is not None:
-            if self.rules.identify_by_email and state.merged_email is not None:
-                return {"email": state.merged_email}
-            return {"id": state.merged_into}
-        return self._identifiers(distinct_id, state.email)
+        if state.merged_into is None:
+            return self._identifiers(distinct_id, state.email)
+        end, _, email = self._end(distinct_id, state)
+        return self._identifiers(end, email)
 
     def _links(self) -> bool:
         """Whether this event's email must first be given to the profile Customer.io knows by
@@ -699,6 +741,9 @@ class _Mapping:
             self.notes.append(f"alias {alias!r} is an id PostHog refuses to merge on: no merge")
             return "illegal_distinct_id"
         other = self.states.get(alias, _NEVER_SEEN)
+        into, _, _ = self._end(self.did, self.state)  # the person this one's ops reach
+        if alias == into:
+            return "nothing_to_send"  # this id was merged into the alias already
         primary = self._address()
         if not other.seen:
             # A new id of this person (PostHog links it): nothing to merge, but its later
@@ -706,7 +751,7 @@ class _Mapping:
             self.extra_states[alias] = IdentityState(
                 identified=True,
                 seen=True,
-                merged_into=self.state.merged_into or self.did,
+                merged_into=into,
                 merged_email=primary.get("email"),
             )
             self.notes.append(f"alias {alias!r} not seen before: its events go to this person")
@@ -718,18 +763,26 @@ class _Mapping:
         if other.merged_into is None and other.email is None and valid_email(alias):
             other = dataclasses.replace(other, email=valid_email(alias))
         secondary = self._address(alias, other)
-        if primary == secondary:
+        # The profile merged away is the end of the alias's own merge chain: it, and the alias,
+        # now point at this person, so neither is created again.
+        gone, gone_state, _ = self._end(alias, other)
+        if primary == secondary or gone == into:
             return "nothing_to_send"
-        self.extra_states[alias] = IdentityState(
-            identified=other.identified,
-            email=other.email,
-            seen=True,
-            sent_attribute_keys=other.sent_attribute_keys,
-            relationships=other.relationships,
-            exists=other.exists,
-            merged_into=self.state.merged_into or self.did,
-            merged_email=primary.get("email"),
-        )
+        merged = {alias: other}
+        if gone_state is not None and gone != alias:
+            merged[gone] = gone_state
+            other = gone_state
+        for distinct_id, state in merged.items():
+            self.extra_states[distinct_id] = IdentityState(
+                identified=state.identified,
+                email=state.email,
+                seen=True,
+                sent_attribute_keys=state.sent_attribute_keys,
+                relationships=state.relationships,
+                exists=state.exists,
+                merged_into=into,
+                merged_email=primary.get("email"),
+            )
         if not other.exists:
             self.notes.append(
                 f"alias {alias!r} never reached Customer.io: nothing to merge; its later"

@@ -32,7 +32,8 @@ class DryRun:
     ) -> IngestResult:
         calls = [IngestCall(events, self._mapper, lane, checkpoint)]
         read = ingest_plan.reads(calls)
-        stored = {i: self._states[i] for i in read.distinct_ids if i in self._states}
+        known = self._states
+        stored = ingest_plan.load_states(read, lambda ids: {i: known[i] for i in ids if i in known})
         planned = ingest_plan.plan(calls, read, self._seen, stored, observe=self._sample)
         [result] = planned.results
         if isinstance(result, Exception):

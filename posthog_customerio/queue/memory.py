@@ -185,7 +185,10 @@ class MemoryQueue(GroupCommittedIngest):
         store, now = self.store, self._clock()
         try:
             read = plan.reads(calls)
-            stored = {d: s for d in read.distinct_ids if (s := store.identities.get(d)) is not None}
+            known = store.identities
+            stored = plan.load_states(
+                read, lambda ids: {d: s for d in ids if (s := known.get(d)) is not None}
+            )
             planned = plan.plan(calls, read, store.seen, stored)
         except Exception as exc:  # a bug in the plan: nothing was written
             error = QueueUnavailable(f"the transaction failed: {exc!r}")

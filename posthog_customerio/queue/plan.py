@@ -1,8 +1,10 @@
 """The ingest plan: what a group of ingest calls writes, decided without I/O.
 
 Both stores and the backfill dry run ingest the same way; only the reads and writes around it
-differ. A store asks ``reads`` which uuids and identity states to load, loads them, and writes
-what ``plan`` returns (new seen uuids, operation rows, changed states, checkpoints) in one
+differ. A store asks ``reads`` which uuids and identity states to load, loads them, asks
+``more_reads`` for the ids those states were merged into and loads those too (at most
+``MERGE_READS`` more rounds; none at all unless a loaded state was merged), and writes what
+``plan`` returns (new seen uuids, operation rows, changed states, checkpoints) in one
 transaction; each call gets its ``IngestResult``. Calls are planned in order, each seeing the
 uuids and states of the ones before it, as if they had run one after another.
 
@@ -21,13 +23,16 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from posthog_customerio.mapping.identity import IdentityState
+from posthog_customerio.mapping.identity import IdentityState, with_merge_chains
 from posthog_customerio.mapping.mapper import Mapper, MappingOutcome
 from posthog_customerio.mapping.operation import Operation
 from posthog_customerio.queue.base import Checkpoint, IngestResult, Lane
 from posthog_customerio.sources.event import PostHogEvent
 
 _BLANK = IdentityState()
+# Rounds of ``more_reads`` a store runs at most. The mapper points an id at the end of its
+# merge chain when it maps it, so a chain longer than this is only ever followed in parts.
+MERGE_READS = 8
 
 # One operation to insert: (partition, endpoint, action, body, size, event_uuid, lane).
 OperationRow = tuple[str, str, str, bytes, int, str, str]
@@ -131,6 +136,35 @@ def reads(calls: Sequence[IngestCall]) -> Reads:
     return Reads(list(uuids), distinct_ids, per_call)
 
 
+def more_reads(read: Reads, stored: Mapping[str, IdentityState]) -> set[str]:
+    """The ids the loaded states were merged into (``merged_into``) that are not loaded yet,
+    added to ``read.distinct_ids``; the store loads their states into ``stored`` and asks
+    again, until none are left (a merge cycle ends: each id is loaded once) or for at most
+    ``MERGE_READS`` rounds. A merged id's events go to the end of its chain, whose state the
+    mapper needs: A merged into B, later B into C, then an event of A reaches C."""
+    more = {
+        target
+        for state in stored.values()
+        if (target := state.merged_into) is not None and target not in read.distinct_ids
+    }
+    read.distinct_ids.update(more)
+    return more
+
+
+def load_states(
+    read: Reads, load: Callable[[Collection[str]], Mapping[str, IdentityState]]
+) -> dict[str, IdentityState]:
+    """The stored states of ``read.distinct_ids`` and of their merge chains, by ``load`` (the
+    stored states among the ids given): one call, one more per ``more_reads`` round."""
+    stored = dict(load(read.distinct_ids))
+    for _ in range(MERGE_READS):
+        more = more_reads(read, stored)
+        if not more:
+            break
+        stored.update(load(more))
+    return stored
+
+
 def plan(
     calls: Sequence[IngestCall],
     read: Reads,
@@ -141,8 +175,8 @@ def plan(
     """Dedup, map and count the calls in order over what was read.
 
     ``seen`` holds the uuids already recorded (at least those of ``read.uuids``), ``stored``
-    the stored states of ``read.distinct_ids`` (absent = never seen). ``observe`` is shown
-    every mapped event with its outcome (the dry run keeps samples).
+    the stored states of ``read.distinct_ids`` (absent = never seen), ``more_reads`` included.
+    ``observe`` is shown every mapped event with its outcome (the dry run keeps samples).
     """
     taken: set[str] = set()  # uuids this plan records
     current = dict(stored)
@@ -166,7 +200,12 @@ def plan(
                     continue
                 taken.add(uuid)
                 new_uuids.append(uuid)
-                outcome = mapper.map(event, {i: get(i, _BLANK) for i in ids})
+                states = {i: get(i, _BLANK) for i in ids}
+                for state in states.values():
+                    if state.merged_into is not None:  # rare: add the merge chains
+                        states = with_merge_chains(states, current)
+                        break
+                outcome = mapper.map(event, states)
                 for distinct_id, state in outcome.states.items():
                     if distinct_id not in undo:
                         undo[distinct_id] = get(distinct_id)

@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -427,8 +427,8 @@ class PostgresQueue(GroupCommittedIngest):
                 return
 
     async def _run_group(self, calls: list[PendingIngest]) -> None:
-        """One transaction for ``calls`` (again if another process won a uuid meanwhile); a
-        failed transaction fails every call with QueueUnavailable."""
+        """One transaction for ``calls`` (again if another process won a uuid meanwhile, or a
+        deadlock rolled it back); a failed transaction fails every call with QueueUnavailable."""
         error: BaseException = QueueUnavailable("concurrent ingest of the same uuids; try again")
         for _attempt in range(SEEN_RACE_ATTEMPTS):
             try:
@@ -437,7 +437,9 @@ class PostgresQueue(GroupCommittedIngest):
                     conn.transaction(),
                 ):
                     results = await self._ingest_group(conn, calls)
-            except _SeenRace:
+            except (_SeenRace, asyncpg.DeadlockDetectedError):
+                # The merge-chain rounds lock identity rows after the first sorted batch, so
+                # two groups can deadlock: PostgreSQL rolled this one back; run it again.
                 continue
             except Exception as exc:
                 error = _translate(exc)
@@ -458,9 +460,13 @@ class PostgresQueue(GroupCommittedIngest):
         now = time.time()
         read = plan.reads(calls)
         stored: dict[str, IdentityState] = {}
-        if read.distinct_ids:
-            rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(read.distinct_ids), _EMPTY_STATE, now)
-            stored = {row[0]: decode_state(bytes(row[1])) for row in rows}
+        more: Collection[str] = read.distinct_ids
+        for _round in range(plan.MERGE_READS + 1):  # the merge chains: see plan.load_states
+            if not more:
+                break
+            rows = await conn.fetch(q.LOCK_IDENTITIES, sorted(more), _EMPTY_STATE, now)
+            stored.update((row[0], decode_state(bytes(row[1]))) for row in rows)
+            more = plan.more_reads(read, stored)
         uuids = sorted(read.uuids)
         seen = {row[0] for row in await conn.fetch(q.SEEN_ALREADY, uuids)} if uuids else set()
         planned = plan.plan(calls, read, seen, stored)

@@ -421,10 +421,13 @@ def _ingest(
     now = time.time()
     read = plan.reads(calls)
     seen = {row[0] for row in conn.execute(q.SEEN_AMONG, (_json_array(read.uuids),))}
-    stored = {
-        distinct_id: decode_state(raw)
-        for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(read.distinct_ids),))
-    }
+    stored = plan.load_states(
+        read,
+        lambda ids: {
+            distinct_id: decode_state(raw)
+            for distinct_id, raw in conn.execute(q.GET_IDENTITIES, (_json_array(ids),))
+        },
+    )
     planned = plan.plan(calls, read, seen, stored)
     conn.executemany(q.MARK_SEEN, [(uuid, now) for uuid in planned.new_uuids])
     _insert_operations(conn, planned.rows, now)

@@ -238,3 +238,55 @@ def test_08_object_created_at(start: Callable[..., Serve], sandbox: Sandbox) -> 
     assert (team["object_type_id"], team["object_id"]) == ("2", "tm-3307")
     assert team["attributes"] == {"name": "Harbor Ops", "seats": 12, "created_at": 1_731_915_000}
     assert sandbox.people() == []
+
+
+def webhook(uuid: int, name: str, distinct_id: str, **properties: Any) -> dict[str, Any]:
+    """One webhook body of a server SDK (``posthog-python``)."""
+    return {
+        "event": {
+            "uuid": f"019a3c10-2000-7a06-8b06-{uuid:012d}",
+            "event": name,
+            "distinct_id": distinct_id,
+            "properties": {"$lib": "posthog-python", **properties},
+            "elements_chain": "",
+            "timestamp": f"2025-06-03T10:{uuid:02d}:00.000Z",
+        },
+        "person": {"id": "p-chain", "name": distinct_id, "properties": {}, "url": ""},
+    }
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_merge_chain_then_events_of_the_first_id(
+    start: Callable[..., Serve], sandbox: Sandbox, store: str
+) -> None:
+    """Rule 4 on a chain: ``first`` merged into ``second``, later ``second`` into ``third``
+    (each merge delivered before the next), then events of ``first``: one profile holds every
+    event, and the merged-away profiles are never created again."""
+    serve = start("chain", store)
+    steps = [
+        [webhook(1, "first_paid", "first"), webhook(2, "second_paid", "second")],
+        [webhook(3, "third_paid", "third")],
+        [webhook(4, "$create_alias", "second", alias="first")],
+        [webhook(5, "$create_alias", "third", alias="second")],
+        [
+            webhook(6, "first_refunded", "first", **{"$set": {"tier": "gold"}}),
+            webhook(7, "first_renewed", "first"),
+        ],
+    ]
+    for step in steps:
+        for body in step:
+            assert serve.post(body).status_code == 200
+        serve.wait_drained()
+    wait_until(lambda: sandbox.stats()["merges"] == 2)
+    found = people(sandbox)
+    assert list(found) == ["third"], list(found)
+    assert sorted(event_names(found["third"])) == sorted(
+        ["first_paid", "second_paid", "third_paid", "first_refunded", "first_renewed"]
+    )
+    assert found["third"]["attributes"]["tier"] == "gold"
+    assert sandbox.stats()["merges_ignored"] == 0
+    merges = [i for _, i in batch_items(sandbox) if i["action"] == "merge"]
+    assert [(m["primary"], m["secondary"]) for m in merges] == [
+        ({"id": "second"}, {"id": "first"}),
+        ({"id": "third"}, {"id": "second"}),
+    ]

@@ -293,14 +293,18 @@ def test_rules_from_a_toml_are_the_settings_loaders() -> None:
 def journeys(draw: st.DrawFn) -> list[PostHogEvent]:
     """Events of a few people, interleaved. Person ``n`` has a main id ``user_n`` (a server or
     a signed-in browser), maybe an older identified id ``legacy_n`` that the main id aliases
-    (``$create_alias``, before or after either id's events), maybe a browser visitor ``anon-n``
-    merged by an ``$identify`` with ``$anon_distinct_id``, maybe an email learnt on the way.
+    (``$create_alias``, before or after either id's events), maybe an even older id ``older_n``
+    that ``legacy_n`` aliases (a chain of merges when it comes first: older into legacy, later
+    legacy into the main id), maybe a browser visitor ``anon-n`` merged by an ``$identify``
+    with ``$anon_distinct_id``, maybe an email learnt on the way.
     Every event name says whose it is, so each profile's events tell which people it holds."""
     steps: list[list[tuple[str, int]]] = []
     for n in range(draw(st.integers(1, 3))):
         kinds = ["event", "event", "set_email"]
         if draw(st.booleans()):
             kinds += ["legacy_event", "legacy_event", "alias"]
+            if draw(st.booleans()):
+                kinds += ["older_event", "older_event", "alias_older"]
         if draw(st.booleans()):
             kinds += ["visit", "identify_visitor", "visit"]
         order = draw(st.permutations(kinds))
@@ -316,6 +320,10 @@ def journeys(draw: st.DrawFn) -> list[PostHogEvent]:
         did, name = f"user_{n}", f"p{n}_{kind}"
         if kind == "legacy_event":
             did = f"legacy_{n}"
+        elif kind == "older_event":
+            did = f"older_{n}"
+        elif kind == "alias_older":
+            did, name, props = f"legacy_{n}", "$create_alias", {"alias": f"older_{n}"}
         elif kind == "set_email":
             name, set_ = "$set", {"email": f"person{n}@example.org"}
         elif kind == "alias":

@@ -4,7 +4,7 @@ without a store; and the backfill dry run that plans with it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import orjson
 
@@ -118,3 +118,78 @@ def test_dry_run_counts_like_the_queue_truncations_included() -> None:
     assert again.dropped == {"duplicate": 1}
     assert len(dry.sends) == 1
     assert dry.sends[0].uuid == "e1"
+
+
+class Recording(Counting):
+    """``Counting``, remembering which states each event was mapped with."""
+
+    def __init__(self) -> None:
+        self.given: list[set[str]] = []
+
+    def map(self, event: PostHogEvent, states: Mapping[str, IdentityState]) -> MappingOutcome:
+        self.given.append(set(states))
+        return super().map(event, states)
+
+
+def merged(into: str) -> IdentityState:
+    return IdentityState(identified=True, seen=True, merged_into=into)
+
+
+def test_merge_chains_are_read_round_by_round_and_given_to_the_mapper() -> None:
+    """A → B → C: the store reads A, then B, then C (``more_reads``), and the mapper gets all
+    three; an unmerged person costs no extra round."""
+    store = {"a": merged("b"), "b": merged("c"), "c": IdentityState(seen=True), "u": merged("v")}
+    mapper = Recording()
+    calls = [IngestCall([ev("1", "x", "a"), ev("2", "y", "z")], mapper, Lane.LIVE, None)]
+    read = plan.reads(calls)
+    loads: list[set[str]] = []
+
+    def load(ids: Collection[str]) -> dict[str, IdentityState]:
+        loads.append(set(ids))
+        return {i: store[i] for i in ids if i in store}
+
+    stored = plan.load_states(read, load)
+    assert loads == [{"a", "z"}, {"b"}, {"c"}]
+    assert read.distinct_ids == {"a", "b", "c", "z"}
+    plan.plan(calls, read, set(), stored)
+    assert mapper.given == [{"a", "b", "c"}, {"z"}]
+    assert plan.load_states(plan.reads([call(ev("3", "x", "c"))]), load) == {"c": store["c"]}
+    assert loads[-1] == {"c"}  # one round: c is not merged
+
+
+def test_a_merge_cycle_is_read_once_and_a_long_chain_for_a_bounded_number_of_rounds() -> None:
+    cycle = {"a": merged("b"), "b": merged("a")}
+    read = plan.reads([call(ev("1", "x", "a"))])
+    rounds: list[Collection[str]] = []
+    stored = plan.load_states(read, lambda ids: rounds.append(ids) or {i: cycle[i] for i in ids})
+    assert stored == cycle and len(rounds) == 2
+    assert plan.more_reads(read, stored) == set()
+    chain = {f"p{i}": merged(f"p{i + 1}") for i in range(100)}
+    read = plan.reads([call(ev("2", "x", "p0"))])
+    rounds.clear()
+    plan.load_states(read, lambda ids: rounds.append(ids) or {i: chain[i] for i in ids})
+    assert len(rounds) == 1 + plan.MERGE_READS
+
+
+def test_dry_run_follows_merge_chains_like_the_queue() -> None:
+    dry = DryRun(MappingRules())
+
+    def event(uuid: str, name: str, did: str, **props: str) -> PostHogEvent:
+        props = {"$is_identified": "true", **props}
+        return PostHogEvent(uuid, name, did, 1_700_000_000_000, properties=dict(props))
+
+    async def body() -> None:
+        for i, did in enumerate("abc"):
+            await dry([event(f"s{i}", "signed_up", did)], lane=Lane.BACKFILL, checkpoint=None)
+        for i, (primary, alias) in enumerate([("b", "a"), ("c", "b")]):
+            await dry(
+                [event(f"m{i}", "$create_alias", primary, alias=alias)],
+                lane=Lane.BACKFILL,
+                checkpoint=None,
+            )
+
+    asyncio.run(body())
+    dry.sends.clear()
+    asyncio.run(dry([event("late", "late", "a")], lane=Lane.BACKFILL, checkpoint=None))
+    [late] = dry.sends
+    assert [op["body"]["identifiers"] for op in late.as_dict()["operations"]] == [{"id": "c"}]

@@ -247,6 +247,13 @@ def _no_states(outcome: MappingOutcome) -> None:
     assert outcome.states == {}
 
 
+# "oldest" merged into "older", later "older" into "acct_5521": a chain of merges.
+CHAIN = {
+    "oldest": dataclasses.replace(KNOWN, merged_into="older"),
+    "older": dataclasses.replace(KNOWN, merged_into="acct_5521"),
+    "acct_5521": KNOWN,
+}
+CYCLE_B = dataclasses.replace(KNOWN, merged_into="oldest")
 COOKIELESS = "cookieless_YmF6cXV4Zm9vYmFyNjc4"
 COOKIELESS_DEVICE = "cookielessd_Zm9vcXV4YmF6YmFyOTAx"
 
@@ -1450,6 +1457,124 @@ CASES = [
         ),
         id="alias_never_seen_is_redirected_and_the_primary_kept_reachable_by_id",
     ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "oldest", set={"tier": "gold"}),
+            states=CHAIN,
+            ops=["identify", "event"],
+            check=_all(
+                _is(
+                    [{"id": "acct_5521"}] * 2,
+                    lambda o: [op.body["identifiers"] for op in o.operations],
+                ),
+                _is("acct_5521", lambda o: o.states["oldest"].merged_into),
+            ),
+        ),
+        id="merge_chain_events_and_attributes_go_to_its_end_and_the_id_points_there",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "oldest", props={"$groups": {"company": "acme"}}),
+            dataclasses.replace(GROUPS, identify_by_email=True),
+            states={
+                "oldest": dataclasses.replace(CHAIN["oldest"], merged_email="older@example.org"),
+                "older": dataclasses.replace(CHAIN["older"], merged_email="acct@example.org"),
+                "acct_5521": dataclasses.replace(KNOWN, email="acct@example.org"),
+            },
+            ops=["event", "add_relationships"],
+            check=_all(
+                _is(
+                    [{"email": "acct@example.org"}] * 2,
+                    lambda o: [op.body["identifiers"] for op in o.operations],
+                ),
+                _is(
+                    ("acct_5521", "acct@example.org"),
+                    lambda o: (o.states["oldest"].merged_into, o.states["oldest"].merged_email),
+                ),
+            ),
+        ),
+        id="merge_chain_with_identify_by_email_goes_to_the_end_email",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "oldest"),
+            states={"oldest": CHAIN["oldest"], "older": CHAIN["older"]},
+            ops=["event"],
+            check=_is({"id": "acct_5521"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="merge_chain_end_not_loaded_is_still_its_end",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "older"),
+            states={
+                "oldest": dataclasses.replace(KNOWN, merged_into="older"),
+                "older": dataclasses.replace(KNOWN, merged_into="oldest"),
+            },
+            ops=["event"],
+            check=_all(
+                _is({"id": "older"}, lambda o: body(o)["identifiers"]),
+                _is("oldest", lambda o: o.states.get("older", CYCLE_B).merged_into),
+            ),
+        ),
+        id="merge_cycle_ends_at_its_least_id_from_either_id",
+    ),
+    pytest.param(
+        Case(
+            ev("invoice_refunded", "oldest"),
+            states={
+                "oldest": dataclasses.replace(KNOWN, merged_into="older"),
+                "older": CYCLE_B,
+            },
+            ops=["event"],
+            check=_is({"id": "older"}, lambda o: body(o)["identifiers"]),
+        ),
+        id="merge_cycle_ends_at_its_least_id_from_the_other_id",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", props={"alias": "older"}),
+            states={"user_42": KNOWN, **CHAIN},
+            ops=["identify", "merge"],
+            check=_all(
+                _is(
+                    {
+                        "type": "person",
+                        "action": "merge",
+                        "primary": {"id": "user_42"},
+                        "secondary": {"id": "acct_5521"},
+                    },
+                    lambda o: body(o, 1),
+                ),
+                _is(
+                    {"older": "user_42", "acct_5521": "user_42"},
+                    lambda o: {k: s.merged_into for k, s in o.states.items() if k != "user_42"},
+                ),
+            ),
+        ),
+        id="merge_of_a_merged_alias_merges_its_chain_end_and_redirects_both",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", "oldest", props={"alias": "acct_5521"}),
+            states=CHAIN,
+            dropped="nothing_to_send",
+            check=_not_in("acct_5521", lambda o: o.states),
+        ),
+        id="merge_into_the_own_chain_end_sends_nothing_and_makes_no_cycle",
+    ),
+    pytest.param(
+        Case(
+            ev("$create_alias", "oldest", props={"alias": "legacy-9001"}),
+            states={"legacy-9001": KNOWN, **CHAIN},
+            ops=["identify", "merge"],
+            check=_all(
+                _is({"id": "acct_5521"}, lambda o: body(o, 1)["primary"]),
+                _is("acct_5521", lambda o: o.states["legacy-9001"].merged_into),
+            ),
+        ),
+        id="merge_by_a_merged_id_goes_into_its_chain_end",
+    ),
     # rule 5: cookieless visitors
     pytest.param(
         Case(
@@ -1595,6 +1720,37 @@ def test_anonymous_history_then_identify_merges_by_anonymous_id() -> None:
     assert merge.body["attributes"] == {"anonymous_id": DEVICE}
     # The identify that merges is ordered behind the visitor's events: the same partition.
     assert page.partition == merge.partition == DEVICE
+
+
+@pytest.mark.parametrize("rules", [SEND_ALL, BY_EMAIL], ids=["by_id", "by_email"])
+def test_merge_chain_then_an_event_of_the_first_id_reaches_the_end(rules: MappingRules) -> None:
+    """A merged into B, later B into C (each a delivered person), then A's event and
+    attributes: they go to C, and after the second merge no operation addresses B."""
+    people = [
+        ev("signed_up", did, uuid=f"0192480a-70d5-726b-b2a7-00000000000{i}", set=email)
+        for i, (did, email) in enumerate(
+            [("a", {"email": "a@example.org"}), ("b", {"email": "b@example.org"}), ("c", {})]
+        )
+    ]
+    merges = [
+        ev("$create_alias", "b", uuid="0192480a-70d5-726b-b2a7-000000000010", props={"alias": "a"}),
+        ev("$create_alias", "c", uuid="0192480a-70d5-726b-b2a7-000000000011", props={"alias": "b"}),
+    ]
+    after = [
+        ev("invoice_refunded", "a", uuid=f"0192480a-70d5-726b-b2a7-00000000002{i}", set=set_)
+        for i, set_ in enumerate([{}, {"tier": "gold"}])
+    ]
+    states: dict[str, IdentityState] = {}
+    results = explain([*people, *merges, *after], rules, states)
+    second_merge = results[4].operations[-1].body
+    assert second_merge["action"] == "merge"
+    c = {"id": "c"}
+    b = {"email": "b@example.org"} if rules.identify_by_email else {"id": "b"}
+    assert (second_merge["primary"], second_merge["secondary"]) == (c, b)
+    late = [op for result in results[5:] for op in result.operations]
+    assert [op.action for op in late] == ["event", "identify", "event"]
+    assert all(op.body["identifiers"] == c for op in late), [op.body for op in late]
+    assert states["a"].merged_into == "c"  # pointed at the end: one read next time
 
 
 def test_sticky_flags_never_turn_off() -> None:

@@ -24,8 +24,9 @@ import pytest
 
 from posthog_customerio.errors import QueueUnavailable
 from posthog_customerio.mapping.identity import IdentityState
-from posthog_customerio.mapping.mapper import MappingOutcome
+from posthog_customerio.mapping.mapper import EventMapper, MappingOutcome
 from posthog_customerio.mapping.operation import Endpoint, Operation
+from posthog_customerio.mapping.rules import MappingRules
 from posthog_customerio.queue.base import Checkpoint, Lane, Queue, Rejection
 from posthog_customerio.queue.memory import MemoryQueue, MemoryStore
 from posthog_customerio.queue.postgres import PostgresQueue
@@ -302,6 +303,47 @@ def test_failed_mapping_writes_nothing_of_that_call(harness: Harness) -> None:
                 assert result.accepted == 1
             assert (await q.stats(NOW)).depth == 10
             assert (await q.ingest([good], mapper)).accepted == 1  # its uuid was not recorded
+
+    run(body())
+
+
+def test_merge_chain_across_ingest_calls_reaches_its_end(harness: Harness) -> None:
+    """A merged into B, later B into C, each in its own ingest call (transaction), then events
+    of A: they go to C, and no operation after the second merge addresses B."""
+
+    def person(did: str, name: str) -> PostHogEvent:
+        return ev(did, name, properties={"$is_identified": True})
+
+    def alias(primary: str, alias: str) -> PostHogEvent:
+        return ev(primary, "$create_alias", properties={"alias": alias})
+
+    mapper = EventMapper(MappingRules())
+
+    async def drain(q: Queue) -> list[dict[str, Any]]:
+        bodies: list[dict[str, Any]] = []
+        while claimed := await q.claim(100, BIG, NOW):
+            bodies += [orjson.loads(c.body_json) for c in claimed]
+            await q.ack([c.id for c in claimed])
+        return bodies
+
+    async def body() -> None:
+        async with harness.queue() as q:
+            for did in ("a", "b", "c"):
+                await q.ingest([person(did, "signed_up")], mapper)
+            await q.ingest([alias("b", "a")], mapper)
+            await q.ingest([alias("c", "b")], mapper)
+            merges = [b for b in await drain(q) if b["action"] == "merge"]
+            assert [(m["primary"], m["secondary"]) for m in merges] == [
+                ({"id": "b"}, {"id": "a"}),
+                ({"id": "c"}, {"id": "b"}),
+            ]
+        async with harness.queue() as q:
+            assert (await q.ingest([person("a", "late")], mapper)).actions == {"event": 1}
+            await q.ingest([person("a", "later")], mapper)  # after path compression
+            assert [(b["name"], b["identifiers"]) for b in await drain(q)] == [
+                ("late", {"id": "c"}),
+                ("later", {"id": "c"}),
+            ]
 
     run(body())
 
