@@ -314,7 +314,9 @@ def event_from_mapping(
         properties = {k: v for k, v in properties.items() if k not in _LIFTED}
 
     if person is None:
-        person_properties = _update(_object, obj.get("person_properties"), "person_properties", notes)
+        person_properties = _update(
+            _object, obj.get("person_properties"), "person_properties", notes
+        )
     elif _is_mapping(person):
         person_properties = _update(_object, person.get("properties"), "person.properties", notes)
     else:

@@ -290,7 +290,13 @@ def test_bad_input_names_the_field(body: bytes, field: str, message: str) -> Non
             id="batch_with_non_objects",
         ),
         pytest.param(
-            [bare(), bare(uuid="u2"), bare(uuid="u3"), bare(uuid="u4"), {"event": bare(distinct_id="")}],
+            [
+                bare(),
+                bare(uuid="u2"),
+                bare(uuid="u3"),
+                bare(uuid="u4"),
+                {"event": bare(distinct_id="")},
+            ],
             ["01924815-6d55-7160-8999-50d836f675cc", "u2", "u3", "u4"],
             [("[4].event.distinct_id", "must not be empty")],
             id="array_with_an_empty_distinct_id",
