@@ -39,6 +39,15 @@ class Metrics:
             namespace=NS,
             registry=r,
         )
+        self.event_field_notes = Counter(
+            "event_field_notes",
+            "Fields of received events the source could not use as sent, by field: replaced "
+            "(uuid derived, timestamp fallback, lone surrogates) or dropped ($set, properties, "
+            "person...). The event itself went on.",
+            ["field"],
+            namespace=NS,
+            registry=r,
+        )
         self.operations_enqueued = Counter(
             "operations_enqueued",
             "Customer.io operations committed to the queue, by action.",
@@ -69,7 +78,8 @@ class Metrics:
         )
         self.mapping_truncations = Counter(
             "mapping_truncations",
-            "Values changed to fit Customer.io's limits, by kind.",
+            "Values changed to fit Customer.io's limits or dropped by its rules "
+            "(illegal ids, identifiers in $set, invalid emails), by kind.",
             ["kind"],
             namespace=NS,
             registry=r,

@@ -37,7 +37,7 @@ from posthog_customerio.settings import (
     plan_reload,
     secret_values,
 )
-from posthog_customerio.sources.event import PostHogEvent
+from posthog_customerio.sources.event import PostHogEvent, note_field
 
 if TYPE_CHECKING:
     from posthog_customerio.pipeline.follow import FollowState
@@ -301,6 +301,9 @@ class Connector:
             m.count(m.operations_enqueued, action, n)
         for kind, n in result.truncations.items():
             m.count(m.mapping_truncations, kind, n)
+        for event in events:
+            for note in event.notes:  # usually none: the loop is the whole cost
+                m.count(m.event_field_notes, note_field(note))
         return result
 
     async def _follow_posthog(self) -> None:

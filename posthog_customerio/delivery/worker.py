@@ -698,12 +698,13 @@ class DeliveryWorker:
 
 
 def _unreadable_rejection(op: ClaimedOperation) -> Rejection:
-    """A signed reporting body that did not parse: its bytes (as text) are the request."""
+    """A signed reporting body that did not parse or was too large: its bytes (as text) are
+    the request."""
     kept = orjson.loads(op.body_json)
     raw = kept.get("raw_hex") or kept.get("raw") or ""
     return Rejection(
         op_id=op.id,
-        reason="unreadable_reporting",
+        reason=str(kept.get("reason") or "unreadable_reporting"),  # or reporting_too_large
         detail=str(kept.get("problem", "")),
         request=f"POST /customerio/reporting\n\n{raw}",
     )

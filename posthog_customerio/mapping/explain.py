@@ -101,6 +101,8 @@ def format_explanation(expl: Explanation) -> str:
         lines.extend("      " + line for line in body.splitlines())
     if expl.truncations:
         changes = ", ".join(f"{kind}={n}" for kind, n in sorted(expl.truncations.items()))
-        lines.append(f"  changed to fit Customer.io limits: {changes}")
+        # Counts of values shortened (limits) and of values left out (an illegal id, an
+        # identifier in $set, an invalid email...): one label for both, said as such.
+        lines.append(f"  changed or dropped for Customer.io: {changes}")
     lines.extend(f"  note: {note}" for note in expl.notes)
     return "\n".join(lines)

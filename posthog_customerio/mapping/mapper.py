@@ -291,6 +291,11 @@ class _Mapping:
             flag = True
         elif explicit is not None:
             flag = explicit
+        elif event.properties_dropped:
+            # No $device_id to tell a browser from a server: not enough to identify anyone.
+            flag = False
+            if not prev.identified:
+                self.notes.append("properties unusable: identity unknown, treated as anonymous")
         elif is_cookieless(self.did, props.get("$device_id")):
             flag = False  # its $device_id is not its distinct_id, yet it is a browser visitor
             if not prev.identified:

@@ -196,8 +196,16 @@ def capture_carrier(capture: dict[str, Any], *, received_ms: int) -> PostHogEven
     )
 
 
-def unreadable_carrier(body: bytes, problem: str, *, received_ms: int, key: str) -> PostHogEvent:
-    """A signed body that did not parse, kept (as text) to be dead-lettered with its reason.
+def unreadable_carrier(
+    body: bytes,
+    problem: str,
+    *,
+    received_ms: int,
+    key: str,
+    reason: str = "unreadable_reporting",
+) -> PostHogEvent:
+    """A signed body that did not parse (or is over ``max_body_bytes``: ``reason``
+    ``reporting_too_large``), kept (as text) to be dead-lettered with its reason.
 
     ``key`` (a uuid of the body's bytes) makes a re-sent copy one dead letter, not many."""
     return PostHogEvent(
@@ -209,6 +217,7 @@ def unreadable_carrier(body: bytes, problem: str, *, received_ms: int, key: str)
             "raw": body.decode("utf-8", errors="replace"),
             "raw_hex": body.hex() if _not_utf8(body) else None,
             "problem": problem,
+            "reason": reason,
         },
     )
 

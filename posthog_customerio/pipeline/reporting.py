@@ -3,9 +3,9 @@
 Customer.io waits 4 s for an answer, and after a timeout or an error status retries for up to
 seven days while holding back every later webhook (https://docs.customer.io/api/webhooks/,
 "Timeouts and failures"). So a correctly signed body is always stored and answered 200: one
-that does not parse is stored as a dead letter, a repeated ``event_id`` is deduplicated by the
-queue. Only a missing or wrong signature is refused, and that is made loud (``ReportingState``):
-it stalls the whole stream until someone fixes the key.
+that does not parse or is over ``max_body_bytes`` is stored as a dead letter, a repeated
+``event_id`` is deduplicated by the queue. Only a missing or wrong signature is refused, and
+that is made loud (``ReportingState``): it stalls the whole stream until someone fixes the key.
 """
 
 from __future__ import annotations
@@ -137,20 +137,25 @@ async def accept(
     cannot store (the caller answers 503 and Customer.io retries)."""
     now = time.time()
     received_ms = int(now * 1000)
+    reason = "unreadable_reporting"
     try:
+        if len(body) > settings.max_body_bytes:  # signed, so kept, but not parsed
+            reason = "reporting_too_large"
+            what = f"body of {len(body)} bytes is over max_body_bytes ({settings.max_body_bytes})"
+            raise InputError("", what)
         report = parse_reporting_body(body)
     except InputError as exc:
         problem = f"{exc.field}: {exc.message}" if exc.field else exc.message
         key = str(_uuid.UUID(bytes=hashlib.sha256(body).digest()[:16]))
-        carrier = unreadable_carrier(body, problem, received_ms=received_ms, key=key)
+        carrier = unreadable_carrier(body, problem, received_ms=received_ms, key=key, reason=reason)
         await queue.ingest([carrier], CAPTURE_MAPPER)
         state.unreadable += 1
         state.last_accepted_at = now
         log.warning(
-            "reporting webhook does not parse; kept as a dead letter",
-            extra={"ctx": {"problem": problem, "bytes": len(body)}},
+            "reporting webhook not read; kept as a dead letter",
+            extra={"ctx": {"problem": problem, "reason": reason, "bytes": len(body)}},
         )
-        return {"accepted": 0, "dead_lettered": 1, "problem": problem}
+        return {"accepted": 0, "dead_lettered": 1, "reason": reason, "problem": problem}
     metrics.reporting_received.labels(report.object_type, report.metric).inc()
     state.last_accepted_at = now
     options = options_of(settings)

@@ -21,7 +21,9 @@ class PostHogEvent:
     in two places; ``properties`` keeps everything else, including other ``$`` keys.
     ``person_properties`` are the person's properties as the payload carried them (webhook
     ``person.properties`` or an export's ``person_properties``). ``notes`` records what the
-    source had to derive (for example a missing uuid), so ``explain`` can say so.
+    source had to derive (for example a missing uuid), so ``explain`` can say so; each starts
+    with the field it is about (``note_field``). ``properties_dropped`` says ``properties`` was
+    unusable and replaced by ``{}``: whether the sender was an anonymous browser is unknown.
     """
 
     uuid: str
@@ -35,3 +37,9 @@ class PostHogEvent:
     person_properties: JSON = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    properties_dropped: bool = False
+
+
+def note_field(note: str) -> str:
+    """The field a source note is about (its first word): a bounded metric label."""
+    return note.split(" ", 1)[0].rstrip(":")

@@ -6,11 +6,10 @@ known in exactly one place. It is lenient about shape (JSON strings for the expo
 ``properties``/``person_properties``/``set``/``set_once``, legacy top-level ``$set``, numeric
 distinct_ids). One bad field never loses an event, since PostHog does not retry a 4xx: an
 unusable ``timestamp`` falls back as a missing one does, an unusable ``$set``/``$set_once``/
-``$unset`` (or export ``set``/``set_once``) is dropped, a ``uuid`` that is no string is derived
-from content, each with a note. What the event cannot be read without raises ``InputError``
-naming the field's path, so the webhook answers 400 instead of guessing: the event name, the
-distinct_id, ``properties`` (it says whether the sender is an anonymous browser) and the
-person.
+``$unset`` (or export ``set``/``set_once``), ``properties``, ``person`` or person properties
+is dropped, a ``uuid`` that is no string is derived from content, each with a note that starts
+with the field's name. Only what the event cannot be read without raises ``InputError`` naming
+the field's path: the event name and the distinct_id.
 """
 
 from __future__ import annotations
@@ -82,12 +81,41 @@ def replace_nul(value: _T) -> _T:
     """
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd") if "\x00" in value else value  # type: ignore[return-value]
+    _replace_in_strings(value, _NUL.search, _NUL.sub)
+    return value
+
+
+_NUL = re.compile("\x00")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def replace_surrogates(value: object) -> bool:
+    """Replace lone UTF-16 surrogates (which only the standard ``json`` parser lets through)
+    by U+FFFD in every string and key of ``value``, in place; whether there was one.
+
+    No store, no JSON encoder and no HTTP client can carry a lone surrogate (it is no Unicode
+    scalar value), so it is replaced where NUL is, before anything else sees the event.
+    """
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    return _replace_in_strings(value, _SURROGATE.search, _SURROGATE.sub)
+
+
+def _replace_in_strings(
+    value: object,
+    search: Callable[[str], object],
+    sub: Callable[[str, str], str],
+) -> bool:
+    """Replace what ``search`` finds by U+FFFD in every string and key of a parsed JSON
+    container (in place); whether anything was replaced. Iterative: no recursion limit."""
+    found = False
     stack: list[Any] = [value]
     while stack:
         node = stack.pop()
         if type(node) is dict:
-            for key in [k for k in node if "\x00" in k]:
-                node[key.replace("\x00", "\ufffd")] = node.pop(key)
+            for key in [k for k in node if search(k)]:
+                node[sub("\ufffd", key)] = node.pop(key)
+                found = True
             items: Any = node.items()
         elif type(node) is list:
             items = enumerate(node)
@@ -95,11 +123,12 @@ def replace_nul(value: _T) -> _T:
             continue
         for key, item in list(items):
             if type(item) is str:
-                if "\x00" in item:
-                    node[key] = item.replace("\x00", "\ufffd")
+                if search(item):
+                    node[key] = sub("\ufffd", item)
+                    found = True
             elif type(item) is dict or type(item) is list:
                 stack.append(item)
-    return value
+    return found
 
 
 def _join(path: str, key: str) -> str:
@@ -192,8 +221,9 @@ def _object_or_list(value: str, path: str) -> object:
 def _update(
     parse: Callable[[object, str, str], _T], value: object, key: str, notes: list[str]
 ) -> _T | None:
-    """A person update (``$set``, ``$set_once``, ``$unset``) parsed, or dropped with a note
-    saying why (``None``): the rest of the event is still worth sending."""
+    """A field the event can do without (``properties``, a person update, the person's
+    properties) parsed, or dropped with a note saying why (``None``): the rest of the event
+    is still worth sending."""
     if value is None:  # the usual absent field
         return None
     try:
@@ -238,15 +268,15 @@ def _groups(value: object) -> dict[str, str]:
 def event_from_mapping(
     obj: Mapping[str, Any],
     *,
-    person: Mapping[str, Any] | None,
+    person: object,
     received_ms: int,
     path: str,
-    person_path: str | None = None,
 ) -> PostHogEvent:
     """Normalise one event object; ``path`` prefixes every field named in an ``InputError``.
 
     ``person`` is the webhook's ``person`` object (its ``properties`` become
-    ``person_properties``); without it, the event's own ``person_properties`` are used.
+    ``person_properties``; one that is no object is ignored with a note); without it
+    (``None``), the event's own ``person_properties`` are used.
     Precedence for person updates: legacy top-level ``$set`` < export ``set`` <
     ``properties.$set`` (likewise ``$set_once``).
     """
@@ -262,7 +292,10 @@ def event_from_mapping(
         raise InputError(_join(path, "event"), what)
     distinct_id = _distinct_id(obj.get("distinct_id"), path, "distinct_id")
 
-    properties = _object(obj.get("properties"), path, "properties") or {}
+    properties = _update(_object, obj.get("properties"), "properties", notes) or {}
+    # Its note is the only one so far. Unusable (not merely absent): the mapper then treats
+    # the sender as of unknown identity (docs/mapping.md).
+    properties_dropped = bool(notes)
 
     set_ = _merged(
         _update(_object, obj.get("$set"), "$set", notes),
@@ -280,13 +313,15 @@ def event_from_mapping(
     if not properties.keys().isdisjoint(_LIFTED):
         properties = {k: v for k, v in properties.items() if k not in _LIFTED}
 
-    if person is not None:
-        ppath = person_path if person_path is not None else _join(path, "person")
-        if not _is_mapping(person):
-            raise InputError(ppath, f"must be an object, not {_kind(person)}")
-        person_properties = _object(person.get("properties"), ppath, "properties") or {}
+    if person is None:
+        person_properties = _update(
+            _object, obj.get("person_properties"), "person_properties", notes
+        )
+    elif _is_mapping(person):
+        person_properties = _update(_object, person.get("properties"), "person.properties", notes)
     else:
-        person_properties = _object(obj.get("person_properties"), path, "person_properties") or {}
+        notes.append(f"person must be an object, not {_kind(person)}: ignored")
+        person_properties = None
 
     raw_uuid = obj.get("uuid")
     if isinstance(raw_uuid, str) and raw_uuid:
@@ -317,9 +352,10 @@ def event_from_mapping(
         set=set_,
         set_once=set_once,
         unset=tuple(unset),
-        person_properties=person_properties,
+        person_properties=person_properties or {},
         groups=_groups(properties.get("$groups")),
         notes=tuple(notes),
+        properties_dropped=properties_dropped,
     )
 
 

@@ -1,7 +1,9 @@
 """The HTTP app of ``serve``: webhook in, health, readiness, metrics, status.
 
 The webhook answers 200 only after ``Connector.ingest`` returned, i.e. after the operations
-are committed. Errors are classified here, once: ``InputError`` → 400 naming the field,
+are committed. An unusable element of an array or batch is dropped (reason ``invalid_event``,
+with a note naming it) and the rest accepted, since PostHog does not retry a 4xx. Errors are
+classified here, once: ``InputError`` (nothing in the body usable) → 400 naming the field,
 ``PayloadTooLarge`` → 413, ``QueueUnavailable`` → 503 with ``Retry-After`` (PostHog retries).
 """
 
@@ -100,6 +102,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 RETRY_LATER = [(b"retry-after", b"5")]
+INVALID_EVENT = "invalid_event"  # the drop reason of an unusable element of an array or batch
 
 
 def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath:
@@ -121,8 +124,12 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
                 receive, _header(scope, b"content-length"), settings.max_body_bytes
             )
             stage = "parsing the body"
+            invalid: list[InputError] = []  # unusable elements: the rest still go through
             events = parse_webhook_body(
-                body, received_ms=int(time.time() * 1000), max_depth=settings.max_json_depth
+                body,
+                received_ms=int(time.time() * 1000),
+                max_depth=settings.max_json_depth,
+                dropped=invalid,
             )
             stage = "enqueueing"
             result = await connector.ingest(events, "webhook")
@@ -144,7 +151,7 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
             return 400, error_body(f"{what}; this payload cannot be accepted"), []
         answer: dict[str, Any] = {
             "accepted": result.accepted,
-            "dropped": result.dropped_total,
+            "dropped": result.dropped_total + len(invalid),
             "reasons": result.dropped,
         }
         notes = (
@@ -152,7 +159,18 @@ def create_app(connector: Connector, sandbox_app: Any = None) -> WebhookFastPath
             if any(event.notes for event in events)
             else None
         )
-        if notes:  # derived fields (uuid from content, time of receipt): say so
+        if invalid:  # counted as received and dropped, so received = accepted + dropped
+            m = connector.metrics
+            m.count(m.events_received, "webhook", len(invalid))
+            m.count(m.events_dropped, INVALID_EVENT, len(invalid))
+            answer["reasons"] = {**result.dropped, INVALID_EVENT: len(invalid)}
+            notes = notes or Counter()
+            notes.update(f"{exc}: event dropped" for exc in invalid)
+            log.warning(
+                "webhook: unusable events dropped, the rest accepted",
+                extra={"ctx": {"dropped": [str(exc) for exc in invalid]}},
+            )
+        if notes:  # derived or dropped fields (uuid from content, time of receipt): say so
             answer["notes"] = dict(notes)
             log.info("webhook events with derived fields", extra={"ctx": {"notes": dict(notes)}})
         return 200, orjson.dumps(answer), []

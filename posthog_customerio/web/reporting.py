@@ -2,8 +2,9 @@
 
 Answers 401 for a missing or wrong ``X-CIO-Signature`` (counted, and loud: Customer.io holds
 back every later webhook until this one succeeds), 200 once a signed body is stored (a body
-that does not parse is stored as a dead letter, a repeated ``event_id`` is a duplicate), and
-503 only when the queue cannot store (Customer.io retries).
+that does not parse, or is over ``max_body_bytes``, is stored as a dead letter; a repeated
+``event_id`` is a duplicate), 413 only over a 16 MiB hard cap, and 503 only when the queue
+cannot store (Customer.io retries).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from posthog_customerio.web.responses import error_body, json_response
 log = logging.getLogger("posthog_customerio.web")
 
 REPORTING_PATH = "/customerio/reporting"
+# The signature covers the whole body, so it can only be checked once the body is read: a
+# signed body over ``max_body_bytes`` is read (up to this cap against abuse), verified and kept
+# as a dead letter, since a 413 would make Customer.io hold back every later webhook.
+HARD_CAP_BYTES = 16 * 1024 * 1024
 
 
 def reporting_route(connector: Connector) -> Route:
@@ -33,7 +38,9 @@ def reporting_route(connector: Connector) -> Route:
         settings = connector.settings  # per request: SIGHUP may have changed the keys
         try:
             body = await read_body(
-                request.receive, request.headers.get("content-length"), settings.max_body_bytes
+                request.receive,
+                request.headers.get("content-length"),
+                max(HARD_CAP_BYTES, settings.max_body_bytes),
             )
         except PayloadTooLarge as exc:
             return Response(error_body(str(exc)), 413, media_type="application/json")

@@ -170,6 +170,38 @@ def test_unparseable_signed_body_is_dead_lettered_and_answered_200(
             serve.close()
 
 
+def test_a_signed_body_over_the_limit_is_kept_never_refused(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    """A 413 would make Customer.io hold back every later webhook: a signed body over
+    ``max_body_bytes`` is verified and kept as a dead letter; only the 16 MiB cap refuses."""
+    with running(FakePostHog([])) as fake:
+        serve = serve_for(tmp_path, sandbox, fake, POSTHOG_CUSTOMERIO_MAX_BODY_BYTES="4096")
+        try:
+            email = {"email": "big@example.com", "subject": "x" * 6000}
+            body = reporting_body("opened", {"id": "user-1"}, **email)
+            assert len(body) > 4096
+            r = send(serve, body)
+            assert r.status_code == 200, r.text
+            assert r.json()["reason"] == "reporting_too_large"
+            assert not serve.status()["reporting"]["held_back"]
+            assert send(serve, body, wrong=True).status_code == 401  # read, then refused
+            unsigned = serve.http.post("/customerio/reporting", content=body)
+            assert unsigned.status_code == 401
+            wait_until(lambda: serve.status()["queue"]["dead_letters"] >= 1, timeout=30)
+            letters = serve.http.get("/admin/dead-letters").json()
+            rows = letters["dead_letters"] if isinstance(letters, dict) else letters
+            kept = [row for row in rows if row["reason"] == "reporting_too_large"]
+            assert len(kept) == 1, rows
+            assert "over max_body_bytes (4096)" in str(kept[0])
+            assert "x" * 6000 in str(kept[0])  # the body is kept whole
+            huge = b"x" * (16 * 1024 * 1024 + 1)
+            assert send(serve, huge).status_code == 413  # the hard cap against abuse
+            assert fake.capture_requests == 0
+        finally:
+            serve.close()
+
+
 def test_posthog_down_for_a_while_loses_nothing(tmp_path: Path, sandbox: Sandbox) -> None:
     with running(FakePostHog([])) as fake:
         fake.capture_down = True

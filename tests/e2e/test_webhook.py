@@ -167,3 +167,112 @@ def test_drops_are_counted_by_reason(tmp_path: Path, sandbox: Sandbox) -> None:
         assert 'posthog_customerio_events_dropped_total{reason="not_in_allowlist"} 1.0' in metrics
     finally:
         sv.close()
+
+
+# -- one bad element or field never loses the rest (PostHog does not retry a 4xx) -----------
+
+GOOD = {
+    "event": "order_completed",
+    "distinct_id": "user_ok",
+    "properties": {"$is_identified": True},
+}
+
+
+def test_an_unusable_batch_element_is_dropped_the_rest_delivered(
+    serve: Serve, sandbox: Sandbox
+) -> None:
+    body = {"batch": [{**GOOD, "uuid": "a1"}, 5, "x", {**GOOD, "uuid": "a2"}]}
+    r = serve.post(body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert (answer["accepted"], answer["dropped"]) == (2, 2)
+    assert answer["reasons"] == {"invalid_event": 2}
+    assert answer["notes"]["batch[1]: must be an event object: event dropped"] == 1
+    assert answer["notes"]["batch[2]: must be an event object: event dropped"] == 1
+    empty_id = [{**GOOD, "uuid": f"b{i}"} for i in range(4)]
+    empty_id.append({"event": {**GOOD, "uuid": "b4", "distinct_id": ""}})
+    r = serve.post(empty_id)
+    assert r.status_code == 200, r.text
+    assert r.json()["reasons"] == {"invalid_event": 1}
+    assert "[4].event.distinct_id: must not be empty: event dropped" in r.json()["notes"]
+    metrics = serve.http.get("/metrics").text
+    assert 'posthog_customerio_events_dropped_total{reason="invalid_event"} 3.0' in metrics
+    assert serve.metric("events_received_total") == 9  # received = accepted + dropped
+    serve.wait_drained()
+    person = sandbox.person("user_ok")
+    assert person is not None
+
+
+def test_nothing_usable_is_still_a_400_naming_the_first_problem(serve: Serve) -> None:
+    r = serve.post({"batch": [5, {"event": "", "distinct_id": "u"}]})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "batch[0]"
+    assert serve.metric("events_received_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "note", "field"),
+    [
+        pytest.param(
+            {**GOOD, "properties": [1, 2]},
+            "properties must be an object, not an array: dropped",
+            "properties",
+            id="properties-array",
+        ),
+        pytest.param(
+            {**GOOD, "properties": "x"},
+            "properties is a string but not valid JSON: dropped",
+            "properties",
+            id="properties-string",
+        ),
+        pytest.param(
+            {"event": GOOD, "person": "jane"},
+            "person must be an object, not a string: ignored",
+            "person",
+            id="person-string",
+        ),
+        pytest.param(
+            {"event": GOOD, "person": {"properties": [1]}},
+            "person.properties must be an object, not an array: dropped",
+            "person.properties",
+            id="person-properties-array",
+        ),
+        pytest.param(
+            {**GOOD, "timestamp": "soon", "properties": {"$set": 5, "$is_identified": True}},
+            "properties.$set must be an object, not a number: dropped",
+            "properties.$set",
+            id="set-number",
+        ),
+    ],
+)
+def test_a_bad_field_is_dropped_noted_and_counted(
+    serve: Serve, body: dict[str, object], note: str, field: str
+) -> None:
+    r = serve.post(body)
+    assert r.status_code == 200, r.text
+    assert r.json()["notes"][note] == 1
+    metrics = serve.http.get("/metrics").text
+    assert f'posthog_customerio_event_field_notes_total{{field="{field}"}} 1.0' in metrics
+    assert 'posthog_customerio_event_field_notes_total{field="uuid"} 1.0' in metrics
+
+
+def test_unusable_properties_never_identify_a_person(serve: Serve, sandbox: Sandbox) -> None:
+    r = serve.post({"event": "clicked", "distinct_id": "server_user", "properties": [1]})
+    assert r.status_code == 200, r.text
+    assert "properties unusable" not in json.dumps(r.json())  # a mapping note: explain says it
+    serve.wait_drained()
+    assert sandbox.person("server_user") is None  # sent as an anonymous event, no profile
+
+
+def test_a_lone_surrogate_escape_is_replaced_not_refused(serve: Serve, sandbox: Sandbox) -> None:
+    body = (
+        b'{"event": "order_completed", "distinct_id": "user_s", "uuid": "s1",'
+        b' "properties": {"$is_identified": true, "title": "cut \\ud83d",'
+        b' "$set": {"n": "\\udc00"}}}'
+    )
+    r = serve.http.post("/webhook", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json()["notes"]["text: lone UTF-16 surrogate escape replaced by U+FFFD"] == 1
+    serve.wait_drained()
+    person = sandbox.person("user_s")
+    assert person is not None and person["attributes"]["n"] == "\ufffd"

@@ -5,8 +5,9 @@ Bodies come from hypothesis: arbitrary bytes, and bodies generated from a JSON s
 accepted payloads (``WEBHOOK_SCHEMA``, by ``from_schema`` below: hypothesis-jsonschema 0.23
 does not work with current hypothesis releases, and this subset of JSON Schema is small), then
 mutated with unknown fields (still accepted), one field the event cannot be read without of a
-wrong type (400 naming it), or one other field of a wrong type (accepted without it, with a note
-naming it: PostHog does not retry a 4xx). The sandbox refuses
+wrong type (400 naming it when nothing else in the body is usable, else that event dropped with
+a note naming it and the others accepted), or one other field of a wrong type (accepted without
+it, with a note naming it: PostHog does not retry a 4xx). The sandbox refuses
 the credentials, so nothing leaves the queue and its depth must equal what was enqueued.
 """
 
@@ -147,13 +148,13 @@ WRONG: dict[str, st.SearchStrategy[Any]] = {
         st.integers(), st.booleans(), st.none(), st.lists(st.integers()), st.just("")
     ),
     "distinct_id": st.one_of(st.booleans(), st.none(), st.lists(st.integers()), st.just({})),
-    "properties": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just("[1")),
 }
 # Fields an event is sent without (or with a fallback) when they are of a wrong type.
 DROPPABLE: dict[str, st.SearchStrategy[Any]] = {
     "uuid": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just({})),
     "timestamp": st.one_of(st.booleans(), st.lists(st.integers()), st.just({}), st.just("soon")),
     "$set": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just("{x")),
+    "properties": st.one_of(st.integers(), st.booleans(), st.lists(st.integers()), st.just("[1")),
 }
 
 FUZZ = settings(
@@ -243,6 +244,26 @@ def test_a_wrong_type_is_a_400_naming_the_field(
     r, received, enqueued = post(fuzz_serve, _dumps({"batch": [{**event, field: wrong}]}))
     assert_refused_cleanly(r, received, enqueued)
     assert field in r.json().get("field", ""), r.text
+
+
+@FUZZ
+@given(
+    st.lists(from_schema(EVENT_SCHEMA), min_size=1, max_size=3),
+    from_schema(EVENT_SCHEMA),
+    st.sampled_from(sorted(WRONG)),
+    st.data(),
+)
+def test_an_unusable_event_among_good_ones_loses_only_itself(
+    fuzz_serve: Serve, good: list[Any], event: Any, field: str, data: st.DataObject
+) -> None:
+    at = data.draw(st.integers(0, len(good)))
+    batch = [*good[:at], {**event, field: data.draw(WRONG[field])}, *good[at:]]
+    r, received, _ = post(fuzz_serve, _dumps({"batch": batch}))
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert received == len(batch) and answer["accepted"] + answer["dropped"] == len(batch)
+    assert answer["reasons"]["invalid_event"] == 1, answer
+    assert any(note.startswith(f"batch[{at}].{field}: ") for note in answer["notes"]), answer
 
 
 @FUZZ

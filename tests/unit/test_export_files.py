@@ -90,12 +90,18 @@ def test_bad_rows_are_reported_with_file_and_line_and_skipped(tmp_path: Path) ->
     items = events(path)
     good = [i for i in items if isinstance(i, PostHogEvent)]
     bad = [i for i in items if isinstance(i, BadRow)]
-    assert [e.uuid for e in good] == [ROW_STRINGS["uuid"], "0192240b-3a08-72e6-ae97-ba94d0eda831"]
+    assert [e.uuid for e in good] == [
+        ROW_STRINGS["uuid"],
+        ROW_OBJECTS["uuid"],  # one bad field never loses an event: its properties dropped
+        "0192240b-3a08-72e6-ae97-ba94d0eda831",
+    ]
+    assert good[1].properties_dropped and good[1].notes == (
+        "properties is a string but not valid JSON: dropped",
+    )
     assert [(b.line, b.reason.split(" (")[0]) for b in bad] == [
         (2, "not valid JSON"),
         (3, "expected a JSON object"),
         (4, "distinct_id: is missing"),
-        (6, "properties: is a string but not valid JSON"),
     ]
     assert str(bad[0]).startswith(f"{path}:2: not valid JSON")
 

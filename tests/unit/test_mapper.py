@@ -1622,6 +1622,43 @@ CASES = [
         Case(ev(identified=None), IDENTIFIED_ONLY, ops=["event"]),
         id="server_side_event_without_device_id_stays_identified",
     ),
+    # rule 6: an event whose properties were unusable (dropped by the source) has no
+    # $device_id/$is_identified: its identity is unknown, so it identifies nobody on its own
+    pytest.param(
+        Case(
+            dataclasses.replace(ev(identified=None), properties_dropped=True),
+            ops=["anonymous:event"],
+            state=IdentityState(seen=True),
+            check=_has_note("properties unusable: identity unknown"),
+        ),
+        id="properties_dropped_send_all_sent_anonymous",
+    ),
+    pytest.param(
+        Case(
+            dataclasses.replace(ev(identified=None), properties_dropped=True),
+            IDENTIFIED_ONLY,
+            dropped="anonymous_user",
+        ),
+        id="properties_dropped_identified_only_dropped",
+    ),
+    pytest.param(
+        Case(
+            dataclasses.replace(ev(identified=None), properties_dropped=True),
+            IDENTIFIED_ONLY,
+            states={"user_42": KNOWN},
+            ops=["event"],
+            check=_is((), lambda o: o.notes),
+        ),
+        id="properties_dropped_known_person_stays_identified",
+    ),
+    pytest.param(
+        Case(
+            dataclasses.replace(ev("$identify", identified=None), properties_dropped=True),
+            IDENTIFIED_ONLY,
+            ops=["identify"],
+        ),
+        id="properties_dropped_identify_still_identifies",
+    ),
     # rule 7: objects are normalised like people
     pytest.param(
         Case(
@@ -1864,8 +1901,32 @@ def test_explain_notes_and_truncations_are_shown() -> None:
     (result,) = explain([event], SEND_ALL)
     assert result.as_dict()["truncations"] == {"event_name": 1}
     text = format_explanation(result)
-    assert "event_name=1" in text
+    assert "changed or dropped for Customer.io: event_name=1" in text
     assert "note: uuid derived from content" in text
+
+
+def test_explain_shows_what_the_source_dropped_and_the_illegal_ids_as_dropped() -> None:
+    event = event_from_mapping(
+        {
+            "event": "$identify",
+            "distinct_id": "u",
+            "timestamp": "soon",
+            "properties": {"$anon_distinct_id": "undefined", "$set": "{", "$is_identified": 1},
+            "$set": {"id": "other", "plan": "pro"},
+        },
+        person="jane",
+        received_ms=T_MS,
+        path="",
+    )
+    (result,) = explain([event], SEND_ALL)
+    text = format_explanation(result)
+    assert "changed or dropped for Customer.io: identifier_attribute=1, illegal_id=1" in text
+    for note in (
+        "properties.$set is a string but not valid JSON: dropped",
+        "person must be an object, not a string: ignored",
+        "timestamp unparseable: time of receipt used",
+    ):
+        assert f"note: {note}" in text
 
 
 def test_export_sample_maps_to_valid_operations_under_every_mode() -> None:

@@ -74,11 +74,23 @@ bodies = (
 
 
 def check(raw: bytes) -> list[PostHogEvent] | None:
+    dropped: list[InputError] = []
+    try:  # the webhook's parse: an unusable element is dropped, the rest kept
+        lenient = parse_webhook_body(raw, received_ms=RECEIVED_MS, max_depth=64, dropped=dropped)
+    except InputError as exc:
+        lenient_error: InputError | None = exc
+    else:
+        lenient_error = None
     try:
         events = parse_webhook_body(raw, received_ms=RECEIVED_MS, max_depth=64)
     except InputError as exc:
         assert exc.message
+        if lenient_error is not None:  # nothing usable: the same first problem either way
+            assert (lenient_error.field, lenient_error.message) == (exc.field, exc.message)
+        else:  # explain's strict parse names the first element the webhook dropped
+            assert dropped and (dropped[0].field, dropped[0].message) == (exc.field, exc.message)
         return None
+    assert lenient_error is None and not dropped and lenient == events
     assert events and all(isinstance(e, PostHogEvent) for e in events)
     for e in events:
         assert isinstance(e.uuid, str) and e.uuid

@@ -252,25 +252,13 @@ NESTED = b'{"event": "e", "distinct_id": "d", "properties": {"a": ' + b"[" * 70 
         ),
         pytest.param(orjson.dumps(bare(event=None)), "event", "missing", id="missing_event_name"),
         pytest.param(orjson.dumps(bare(event=5)), "event", "string", id="event_name_not_string"),
-        pytest.param(
-            orjson.dumps([bare(), bare(properties=[1])]),
-            "[1].properties",
-            "object",
-            id="properties_not_object",
-        ),
-        pytest.param(
-            orjson.dumps({"event": bare(), "person": "someone"}),
-            "person",
-            "object",
-            id="person_not_object",
-        ),
-        pytest.param(
-            orjson.dumps({"event": bare(), "person": {"properties": 3}}),
-            "person.properties",
-            "object",
-            id="person_properties_not_object",
-        ),
         pytest.param(orjson.dumps([bare(), 3]), "[1]", "event object", id="array_item_not_object"),
+        pytest.param(
+            orjson.dumps({"batch": [5, {"event": bare(event="")}]}),
+            "batch[0]",
+            "event object",
+            id="no_element_usable_names_the_first",
+        ),
     ],
 )
 def test_bad_input_names_the_field(body: bytes, field: str, message: str) -> None:
@@ -278,6 +266,59 @@ def test_bad_input_names_the_field(body: bytes, field: str, message: str) -> Non
         parse_webhook_body(body, received_ms=RECEIVED_MS)
     assert info.value.field == field
     assert message in info.value.message
+    # The webhook's lenient parse: the same problem, raised when nothing else is usable,
+    # else collected while the good elements go through.
+    dropped: list[InputError] = []
+    try:
+        events = parse_webhook_body(body, received_ms=RECEIVED_MS, dropped=dropped)
+    except InputError as lenient:
+        assert (lenient.field, lenient.message) == (field, info.value.message)
+    else:
+        assert events and [p.field for p in dropped] == [field]
+
+
+# -- one unusable element never loses the others (PostHog does not retry a 4xx) ------------
+
+
+@pytest.mark.parametrize(
+    ("body", "kept", "problems"),
+    [
+        pytest.param(
+            {"batch": [bare(), 5, "x", bare(uuid="u2")]},
+            ["01924815-6d55-7160-8999-50d836f675cc", "u2"],
+            [("batch[1]", "must be an event object"), ("batch[2]", "must be an event object")],
+            id="batch_with_non_objects",
+        ),
+        pytest.param(
+            [
+                bare(),
+                bare(uuid="u2"),
+                bare(uuid="u3"),
+                bare(uuid="u4"),
+                {"event": bare(distinct_id="")},
+            ],
+            ["01924815-6d55-7160-8999-50d836f675cc", "u2", "u3", "u4"],
+            [("[4].event.distinct_id", "must not be empty")],
+            id="array_with_an_empty_distinct_id",
+        ),
+        pytest.param(
+            {"batch": [{"event": bare(event=None)}, bare(uuid="u2")]},
+            ["u2"],
+            [("batch[0].event.event", "is missing")],
+            id="batch_without_event_name_first",
+        ),
+    ],
+)
+def test_an_unusable_element_is_dropped_the_rest_kept(
+    body: Any, kept: list[str], problems: list[tuple[str, str]]
+) -> None:
+    dropped: list[InputError] = []
+    events = parse(body, dropped=dropped)
+    assert [e.uuid for e in events] == kept
+    assert [(p.field, p.message) for p in dropped] == problems
+    with pytest.raises(InputError) as strict:  # explain: the first problem, as before
+        parse(body)
+    assert strict.value.field == problems[0][0]
 
 
 # -- one bad field never loses an event (PostHog does not retry a 4xx) ----------------------
@@ -340,6 +381,24 @@ def test_bad_input_names_the_field(body: bytes, field: str, message: str) -> Non
             "uuid is not a string: derived from content",
             id="uuid_not_string_derived",
         ),
+        pytest.param(
+            {"properties": [1, 2]},
+            {"properties": {}, "properties_dropped": True},
+            "properties must be an object, not an array: dropped",
+            id="properties_array_dropped",
+        ),
+        pytest.param(
+            {"properties": "x"},
+            {"properties": {}, "properties_dropped": True},
+            "properties is a string but not valid JSON: dropped",
+            id="properties_string_dropped",
+        ),
+        pytest.param(
+            {"person_properties": 3},
+            {"person_properties": {}, "properties_dropped": False},
+            "person_properties must be an object, not a number: dropped",
+            id="export_person_properties_dropped",
+        ),
     ],
 )
 def test_one_bad_field_is_dropped_with_a_note(
@@ -350,6 +409,37 @@ def test_one_bad_field_is_dropped_with_a_note(
     for name, value in expected.items():
         assert getattr(event, name) == value, name
     assert event.notes == (note,)
+
+
+@pytest.mark.parametrize(
+    ("person", "note"),
+    [
+        pytest.param("jane", "person must be an object, not a string: ignored", id="string"),
+        pytest.param([1], "person must be an object, not an array: ignored", id="array"),
+        pytest.param(
+            {"properties": [1]},
+            "person.properties must be an object, not an array: dropped",
+            id="properties_array",
+        ),
+        pytest.param(
+            {"properties": 3},
+            "person.properties must be an object, not a number: dropped",
+            id="properties_number",
+        ),
+    ],
+)
+def test_a_bad_person_is_ignored_with_a_note(person: Any, note: str) -> None:
+    (event,) = parse({"event": bare(), "person": person})
+    assert event.distinct_id == "user_42" and event.properties == {"revenue": 1}
+    assert event.person_properties == {}
+    assert not event.properties_dropped
+    assert event.notes == (note,)
+
+
+def test_empty_or_absent_properties_are_not_dropped() -> None:
+    for props in ({}, None, ""):
+        (event,) = parse(bare(properties=props) if props is not None else bare(properties=None))
+        assert event.properties == {} and not event.properties_dropped and event.notes == ()
 
 
 def test_uuid_not_a_string_is_derived_deterministically() -> None:
@@ -442,6 +532,38 @@ def test_an_escaped_backslash_before_u0000_is_text_not_nul() -> None:
     [event] = parse(orjson.dumps(bare(distinct_id="user_\\u0000", properties={"x": "\x00"})))
     assert event.distinct_id == "user_\\u0000"  # a backslash, then the text u0000
     assert event.properties == {"x": "\ufffd"}
+
+
+# -- lone surrogate escapes, which JavaScript senders can produce -----------------------------
+
+
+def test_lone_surrogates_become_the_replacement_character_with_a_note() -> None:
+    body = (
+        b'{"batch": [{"event": "e", "distinct_id": "u\\ud800", "uuid": "a",'
+        b' "properties": {"k\\udc00": ["v\\ud83d", {"ok": "\\ud83d\\ude00"}]}},'
+        b' {"event": "e", "distinct_id": "u2", "uuid": "b"}]}'
+    )
+    with pytest.raises(orjson.JSONDecodeError, match="surrogate"):
+        orjson.loads(body)
+    first, second = parse(body)
+    assert first.distinct_id == "u\ufffd"
+    assert first.properties == {"k\ufffd": ["v\ufffd", {"ok": "\U0001f600"}]}
+    assert "text: lone UTF-16 surrogate escape replaced by U+FFFD" in first.notes
+    assert second.notes == ("timestamp missing: time of receipt used",)
+    orjson.dumps(first.properties)  # storable and sendable
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        pytest.param(b'{"event": "e", "distinct_id": "\\ud800", "x": NaN}', "malformed JSON"),
+        pytest.param(b'{"a": "\\ud800"', "malformed JSON"),
+        pytest.param(b'{"a": "\\ud800", "b": ' + b"[" * 5000 + b"]" * 5000 + b"}", "deeper"),
+    ],
+)
+def test_the_surrogate_fallback_keeps_the_other_refusals(body: bytes, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse(body)
 
 
 def test_nul_inside_a_json_string_field_of_an_export_row() -> None:
