@@ -21,7 +21,7 @@ import orjson
 
 from posthog_customerio.mapping.identity import IdentityState
 from posthog_customerio.mapping.operation import Operation
-from posthog_customerio.queue.base import Forgetter
+from posthog_customerio.queue.base import ForgetResult, Forgetter
 
 
 def names_of(
@@ -99,6 +99,19 @@ class Erasure:
     def mentioned_in(self, body: bytes) -> bool:
         """Whether a stored body addresses one of them (whatever its partition)."""
         return body_names(body, self.ids, self.emails)
+
+    def result(
+        self, *, operations: int, dead_letters: int, in_flight: int, enqueued: int
+    ) -> ForgetResult:
+        """What was removed and enqueued; the identities removed are the states loaded."""
+        return ForgetResult(
+            distinct_ids=self.targets,
+            identities=len(self.states),
+            operations=operations,
+            dead_letters=dead_letters,
+            in_flight=in_flight,
+            enqueued=enqueued,
+        )
 
     def operations(self, forgetter: Forgetter, *, suppress: bool) -> list[Operation]:
         """The delete (or suppress) operations, person by person, to enqueue last."""

@@ -403,9 +403,7 @@ class MemoryQueue(GroupCommittedIngest):
         self._insert([plan.operation_row(op, Lane.LIVE.value) for op in ops], now)
         if ops:
             self._work.set()
-        return ForgetResult(
-            distinct_ids=tuple(targets),
-            identities=len(states),
+        return erasure.result(
             operations=len(pending),
             dead_letters=len(letters),
             in_flight=len(named) - len(pending),

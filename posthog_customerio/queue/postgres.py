@@ -748,9 +748,7 @@ class PostgresQueue(GroupCommittedIngest):
         if ops:
             rows = [plan.operation_row(op, Lane.LIVE.value) for op in ops]
             await _insert_operations(conn, rows, now)
-        return ForgetResult(
-            distinct_ids=tuple(targets),
-            identities=len(states),
+        return erasure.result(
             operations=len(deleted),
             dead_letters=len(letters),
             in_flight=len(chosen) - len(deleted),

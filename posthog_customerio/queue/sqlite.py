@@ -685,15 +685,12 @@ def _forget(
                 letters.add(dl_id)
     conn.executemany(q.DELETE_DEAD_LETTER, ((dl_id,) for dl_id in letters))
 
-    identities = 0
     for distinct_id in targets:
-        identities += conn.execute(q.DELETE_IDENTITY, (distinct_id,)).rowcount
+        conn.execute(q.DELETE_IDENTITY, (distinct_id,))
         conn.execute(q.RECORD_FORGOTTEN, (distinct_id, now))
     ops = erasure.operations(forgetter, suppress=suppress)
     _insert_operations(conn, [plan.operation_row(op, Lane.LIVE.value) for op in ops], now)
-    return ForgetResult(
-        distinct_ids=tuple(targets),
-        identities=identities,
+    return erasure.result(
         operations=len(doomed),
         dead_letters=len(letters),
         in_flight=len(in_flight),
